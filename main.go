@@ -1,0 +1,117 @@
+// Command manager runs the falguard operator: the FalCredential controller,
+// the pod-injection webhook and its self-managed certificates.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	falguardv1alpha1 "github.com/falguard/falguard/api/v1alpha1"
+)
+
+var (
+	scheme   = runtime.NewScheme()
+	setupLog = ctrl.Log.WithName("setup")
+	// version is stamped at build time with -ldflags "-X main.version=...".
+	version = "dev"
+)
+
+func init() {
+	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
+	utilruntime.Must(falguardv1alpha1.AddToScheme(scheme))
+}
+
+// overrides collects repeatable canonical=replacement URL flags.
+type overrides map[string]string
+
+func (o overrides) String() string { return fmt.Sprint(map[string]string(o)) }
+func (o overrides) Set(v string) error {
+	from, to, ok := strings.Cut(v, "=")
+	if !ok || from == "" || to == "" {
+		return fmt.Errorf("want https://canonical.host=https://replacement, got %q", v)
+	}
+	o[strings.TrimRight(from, "/")] = strings.TrimRight(to, "/")
+	return nil
+}
+
+func main() {
+	var (
+		metricsAddr, probeAddr        string
+		leaderElect                   bool
+		leaderElectionNamespace       string
+		webhookPort                   int
+		webhookCertDir, webhookConfig string
+		webhookServiceName, webhookNS string
+		selfManagedCerts              bool
+		sidecarImage                  string
+		falCAFile                     string
+		falOverrides                  = overrides{}
+	)
+	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address the metrics endpoint binds to; 0 disables it")
+	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address the health probes bind to")
+	flag.BoolVar(&leaderElect, "leader-elect", false, "elect a leader so only one replica reconciles and writes certificates")
+	flag.StringVar(&leaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader-election lease (default: the pod's namespace)")
+	flag.IntVar(&webhookPort, "webhook-port", 9443, "port the pod webhook serves on")
+	flag.StringVar(&webhookCertDir, "webhook-cert-dir", "/tmp/k8s-webhook-server/serving-certs", "directory holding tls.crt and tls.key for the webhook")
+	flag.StringVar(&webhookConfig, "webhook-config-name", "falguard-mutating-webhook", "MutatingWebhookConfiguration whose caBundle the manager keeps current")
+	flag.StringVar(&webhookServiceName, "webhook-service-name", "falguard-webhook-service", "Service in front of the webhook (names in the serving certificate)")
+	flag.StringVar(&webhookNS, "namespace", os.Getenv("POD_NAMESPACE"), "namespace the manager runs in (certificate Secret, excluded from injection)")
+	flag.BoolVar(&selfManagedCerts, "self-managed-certs", true, "generate and rotate webhook certificates; false when cert-manager provides them")
+	flag.StringVar(&sidecarImage, "sidecar-image", "ghcr.io/falguard/falguard-sidecar:"+version, "image of the injected sidecar")
+	flag.Var(falOverrides, "fal-upstream-override", "canonical=replacement base URL for a fal host (repeatable), e.g. https://api.fal.ai=https://127.0.0.1:9443")
+	flag.StringVar(&falCAFile, "fal-ca-file", "", "extra CA bundle trusted for fal's TLS (tests, egress proxies)")
+	opts := zap.Options{Development: false}
+	opts.BindFlags(flag.CommandLine)
+	flag.Parse()
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
+
+	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
+		Scheme:                  scheme,
+		Metrics:                 metricsserver.Options{BindAddress: metricsAddr},
+		HealthProbeBindAddress:  probeAddr,
+		LeaderElection:          leaderElect,
+		LeaderElectionID:        "falguard-manager.falguard.dev",
+		LeaderElectionNamespace: leaderElectionNamespace,
+		WebhookServer:           webhook.NewServer(webhook.Options{Port: webhookPort, CertDir: webhookCertDir}),
+	})
+	if err != nil {
+		setupLog.Error(err, "unable to create manager")
+		os.Exit(1)
+	}
+
+	// --- FalCredential controller (controllers/falcredential_controller.go) ---
+	_ = falOverrides
+	_ = falCAFile
+
+	// --- Pod webhook and its certificates (controllers/podwebhook.go) ---
+	_ = webhookConfig
+	_ = webhookServiceName
+	_ = webhookNS
+	_ = selfManagedCerts
+	_ = sidecarImage
+
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		setupLog.Error(err, "unable to set up health check")
+		os.Exit(1)
+	}
+	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+		setupLog.Error(err, "unable to set up ready check")
+		os.Exit(1)
+	}
+	setupLog.Info("starting manager", "version", version)
+	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
+		setupLog.Error(err, "problem running manager")
+		os.Exit(1)
+	}
+}

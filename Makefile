@@ -85,10 +85,6 @@ build: ## Build the manager and the sidecar into ./bin.
 run: manifests generate ## Run the manager against the cluster in ~/.kube/config.
 	go run . --leader-elect=false
 
-.PHONY: demo
-demo: ## Bring up the whole system on a local control plane.
-	@echo "make demo: not yet; the end-to-end demo lands with the demo issue."
-
 ##@ Tools
 
 .PHONY: controller-gen

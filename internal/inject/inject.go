@@ -1,0 +1,264 @@
+// Package inject is the pure pod mutation behind the falguard webhook: given a
+// pod, what is known about the FalCredential it names, and the operator's
+// configuration, it returns the pod with the sidecar added, or a Denial. It
+// does no I/O, so golden fixtures pin its behaviour exactly.
+package inject
+
+import (
+	"strconv"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	falguardv1alpha1 "github.com/falguard/falguard/api/v1alpha1"
+)
+
+// Names the injector owns inside a pod.
+const (
+	// SidecarName is the container (native: init container) it adds.
+	SidecarName = "falguard-sidecar"
+	// VolumeName is the Secret volume holding `key` and `policy.json`.
+	VolumeName = "falguard-credentials"
+	// CredentialsDir is where that volume is mounted, in the sidecar only.
+	CredentialsDir = "/var/run/falguard/credentials"
+	// OpsPortName names the sidecar's probes/metrics port.
+	OpsPortName = "falguard-ops"
+	// SidecarUID is the non-root user (and group) the sidecar runs as.
+	SidecarUID = 65532
+
+	// Env vars set in app containers unless the pod sets them.
+	EnvProxyURL    = "FAL_PROXY_URL"
+	EnvTokenURL    = "FAL_TOKEN_URL"
+	EnvRealtimeURL = "FAL_REALTIME_URL"
+	// EnvQuitURL is set in app containers in the legacy (non-native) layout:
+	// a Job's last step POSTs to it so the sidecar exits and the Job completes.
+	EnvQuitURL = "FALGUARD_QUIT_URL"
+	// EnvLogLevel carries falguard.dev/sidecar-log-level to the sidecar.
+	EnvLogLevel = "FALGUARD_LOG_LEVEL"
+
+	// AnnotationInjectKey is api/v1alpha1's trigger annotation.
+	AnnotationInjectKey = falguardv1alpha1.AnnotationInject
+	// LabelCredential marks injected pods so the controller can count them.
+	LabelCredential = falguardv1alpha1.LabelCredential
+)
+
+// Config is the operator-wide part of the sidecar, from the manager's flags.
+type Config struct {
+	// Image is the default sidecar image (falguard.dev/sidecar-image overrides).
+	Image string
+	// PullPolicy, when set, is the sidecar's imagePullPolicy.
+	PullPolicy corev1.PullPolicy
+	// Env is added to every sidecar's env (e.g. proxies, upstream overrides).
+	Env []corev1.EnvVar
+}
+
+// Credential is what the webhook found about the FalCredential a pod names.
+type Credential struct {
+	// Namespace is the pod's namespace, used in messages.
+	Namespace string
+	// Exists is false when no FalCredential of that name is in the namespace.
+	Exists bool
+	// SecretName is the managed Secret to mount; empty means the default
+	// api/v1alpha1.ManagedSecretName.
+	SecretName string
+}
+
+// Denial is a refusal with a message for the person who created the pod.
+type Denial struct{ Message string }
+
+func (d *Denial) Error() string { return d.Message }
+
+// CredentialName returns the FalCredential a pod asks for, and whether it asks.
+func CredentialName(pod *corev1.Pod) (string, bool) {
+	name, ok := pod.Annotations[AnnotationInjectKey]
+	return name, ok
+}
+
+// Injected reports whether the webhook already mutated the pod.
+func Injected(pod *corev1.Pod) bool {
+	return pod.Annotations[AnnotationStatus] == StatusInjected
+}
+
+// Inject returns a mutated copy of pod, or a *Denial. A pod that does not carry
+// the inject annotation is returned unchanged. Inject is idempotent: a pod it
+// already mutated comes back unchanged, except that app containers added since
+// (by another webhook, on reinvocation) get the FAL_* env too.
+func Inject(in *corev1.Pod, cred Credential, cfg Config) (*corev1.Pod, error) {
+	if _, ok := CredentialName(in); !ok {
+		return in.DeepCopy(), nil
+	}
+	opts, err := parseOptions(in.Annotations, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if !cred.Exists {
+		return nil, denyf("FalCredential %q not found in namespace %q: create it first (kubectl get falcredentials -n %s lists those that exist), or fix annotation %s",
+			opts.credential, cred.Namespace, cred.Namespace, AnnotationInjectKey)
+	}
+	spec := &in.Spec
+	if spec.HostNetwork {
+		return nil, denyf("pod uses hostNetwork: the falguard sidecar listens on 127.0.0.1, which would be the node's loopback and shared with every host-network pod; remove hostNetwork or remove annotation %s", AnnotationInjectKey)
+	}
+	if ptr.Deref(spec.ShareProcessNamespace, false) {
+		return nil, denyf("pod sets shareProcessNamespace: true, which would let app containers read the sidecar's credential files through /proc; remove it or remove annotation %s", AnnotationInjectKey)
+	}
+
+	out := in.DeepCopy()
+	if !Injected(in) {
+		if err := checkConflicts(in, opts); err != nil {
+			return nil, err
+		}
+		addSidecar(out, opts, cred, cfg)
+	}
+	addAppEnv(out, opts)
+	if out.Labels == nil {
+		out.Labels = map[string]string{}
+	}
+	out.Labels[LabelCredential] = opts.credential
+	out.Annotations[AnnotationStatus] = StatusInjected
+	return out, nil
+}
+
+// checkConflicts refuses pods whose names or ports collide with the sidecar's.
+func checkConflicts(pod *corev1.Pod, o options) error {
+	all := append(append([]corev1.Container{}, pod.Spec.InitContainers...), pod.Spec.Containers...)
+	for _, c := range all {
+		if c.Name == SidecarName {
+			return denyf("container name %q is reserved for the injected sidecar: rename the container, or remove annotation %s", SidecarName, AnnotationInjectKey)
+		}
+		for _, p := range c.Ports {
+			for _, clash := range []struct {
+				port int32
+				what string
+				ann  string
+			}{{o.proxyPort, "app API", AnnotationProxyPort}, {o.opsPort, "ops listener", AnnotationOpsPort}} {
+				if p.ContainerPort == clash.port || p.HostPort == clash.port {
+					return denyf("container %q uses port %d, which the falguard sidecar's %s needs: change the container's port, or move the sidecar with annotation %s (a free port from %d to 65535)",
+						c.Name, clash.port, clash.what, clash.ann, minPort)
+				}
+			}
+			if p.Name == OpsPortName {
+				return denyf("container %q has a port named %q, which is reserved for the sidecar: rename the port", c.Name, OpsPortName)
+			}
+		}
+	}
+	for _, v := range pod.Spec.Volumes {
+		if v.Name == VolumeName {
+			return denyf("volume name %q is reserved for the sidecar's credentials: rename the volume, or remove annotation %s", VolumeName, AnnotationInjectKey)
+		}
+	}
+	return nil
+}
+
+func addSidecar(pod *corev1.Pod, o options, cred Credential, cfg Config) {
+	secret := cred.SecretName
+	if secret == "" {
+		secret = falguardv1alpha1.ManagedSecretName(o.credential)
+	}
+	pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{
+		Name:         VolumeName,
+		VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: secret}},
+	})
+
+	env := append([]corev1.EnvVar{}, cfg.Env...)
+	if o.logLevel != "" {
+		env = setEnv(env, EnvLogLevel, o.logLevel)
+	}
+	if len(env) == 0 {
+		env = nil
+	}
+	probe := func(path string, period, failures int32) *corev1.Probe {
+		return &corev1.Probe{
+			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+				Path: path, Port: intstr.FromInt32(o.opsPort),
+			}},
+			PeriodSeconds:    period,
+			FailureThreshold: failures,
+			TimeoutSeconds:   1,
+		}
+	}
+	c := corev1.Container{
+		Name:            SidecarName,
+		Image:           o.image,
+		ImagePullPolicy: cfg.PullPolicy,
+		Args: []string{
+			"run",
+			"--listen=127.0.0.1:" + strconv.Itoa(int(o.proxyPort)),
+			"--ops-listen=:" + strconv.Itoa(int(o.opsPort)),
+			"--credentials-dir=" + CredentialsDir,
+		},
+		Env:   env,
+		Ports: []corev1.ContainerPort{{Name: OpsPortName, ContainerPort: o.opsPort, Protocol: corev1.ProtocolTCP}},
+		// Startup gates the app containers (native sidecars): up to 2 minutes
+		// for the key and policy to load.
+		StartupProbe:   probe("/startupz", 1, 120),
+		LivenessProbe:  probe("/livez", 10, 3),
+		ReadinessProbe: probe("/readyz", 5, 2),
+		Resources:      o.resources,
+		VolumeMounts:   []corev1.VolumeMount{{Name: VolumeName, MountPath: CredentialsDir, ReadOnly: true}},
+		SecurityContext: &corev1.SecurityContext{
+			RunAsNonRoot:             ptr.To(true),
+			RunAsUser:                ptr.To[int64](SidecarUID),
+			RunAsGroup:               ptr.To[int64](SidecarUID),
+			ReadOnlyRootFilesystem:   ptr.To(true),
+			AllowPrivilegeEscalation: ptr.To(false),
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		},
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+	}
+	if o.native {
+		// After every existing init container: an Istio-style istio-init must
+		// still run first, and the app starts only once our startupProbe passes.
+		c.RestartPolicy = ptr.To(corev1.ContainerRestartPolicyAlways)
+		pod.Spec.InitContainers = append(pod.Spec.InitContainers, c)
+	} else {
+		pod.Spec.Containers = append(pod.Spec.Containers, c)
+	}
+}
+
+// addAppEnv points every app container at the sidecar; a value the pod
+// already sets (env, not envFrom) always wins.
+func addAppEnv(pod *corev1.Pod, o options) {
+	base := "127.0.0.1:" + strconv.Itoa(int(o.proxyPort))
+	vars := []corev1.EnvVar{
+		{Name: EnvProxyURL, Value: "http://" + base + "/api/fal/proxy"},
+		{Name: EnvTokenURL, Value: "http://" + base + "/api/fal/token"},
+		{Name: EnvRealtimeURL, Value: "ws://" + base + "/realtime"},
+	}
+	if !o.native {
+		vars = append(vars, corev1.EnvVar{Name: EnvQuitURL, Value: "http://" + base + "/quitquitquit"})
+	}
+	for i := range pod.Spec.Containers {
+		c := &pod.Spec.Containers[i]
+		if c.Name == SidecarName {
+			continue
+		}
+		for _, v := range vars {
+			if !hasEnv(c.Env, v.Name) {
+				c.Env = append(c.Env, v)
+			}
+		}
+	}
+}
+
+func hasEnv(env []corev1.EnvVar, name string) bool {
+	for _, e := range env {
+		if e.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// setEnv replaces or appends name, so an annotation beats a manager-wide flag.
+func setEnv(env []corev1.EnvVar, name, value string) []corev1.EnvVar {
+	for i := range env {
+		if env[i].Name == name {
+			env[i] = corev1.EnvVar{Name: name, Value: value}
+			return env
+		}
+	}
+	return append(env, corev1.EnvVar{Name: name, Value: value})
+}

@@ -1,0 +1,192 @@
+package inject
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"sigs.k8s.io/yaml"
+)
+
+// -update rewrites the expected fixtures from the current output; review the
+// diff before committing it.
+var update = flag.Bool("update", false, "rewrite testdata expectations")
+
+// goldenCases: testdata/<name>.in.yaml is the pod as submitted; either
+// <name>.out.yaml is the pod expected back, or <name>.denied.txt the denial.
+// FalCredentials "realtime" and "batch" exist in namespace "shop".
+var goldenCases = []struct {
+	name string
+	cfg  func(*Config)
+	why  string
+}{
+	{name: "not-annotated", why: "pods that did not ask are never touched"},
+	{name: "bare-pod", why: "native sidecar, env, volume, label, status"},
+	{name: "second-pass", why: "an injected pod comes back unchanged"},
+	{name: "reinvocation-new-container", why: "a container added by a later webhook gets the env; nothing else changes"},
+	{name: "existing-init-containers", why: "sidecar appended after the pod's own init containers"},
+	{name: "istio", why: "istio-init still first, istio-proxy untouched, our sidecar last"},
+	{name: "env-precedence", why: "values the pod sets win; only missing ones are added"},
+	{name: "overrides", why: "image, resources, ports and log level from annotations"},
+	{name: "resources-removed", why: `"0" removes a default resource`},
+	{name: "legacy-job", why: "native-sidecar=false: regular container plus the quit URL for Jobs"},
+	{name: "manager-config", why: "--sidecar-env, --sidecar-image-pull-policy; annotation log level beats the flag's", cfg: func(c *Config) {
+		c.PullPolicy = corev1.PullIfNotPresent
+		c.Env = []corev1.EnvVar{
+			{Name: "FALGUARD_UPSTREAM_OVERRIDE", Value: "https://fal.run=https://127.0.0.1:9443"},
+			{Name: "FALGUARD_LOG_LEVEL", Value: "warn"},
+		}
+	}},
+	{name: "deny-unknown-credential"},
+	{name: "deny-hostnetwork"},
+	{name: "deny-shareprocessnamespace"},
+	{name: "deny-port-clash"},
+	{name: "deny-port-clash-init-container"},
+	{name: "deny-port-clash-moved-port"},
+	{name: "deny-reserved-container-name"},
+	{name: "deny-reserved-volume-name"},
+	{name: "deny-bad-credential-name"},
+	{name: "deny-bad-native-sidecar"},
+	{name: "deny-bad-image"},
+	{name: "deny-bad-memory-limit"},
+	{name: "deny-request-above-limit"},
+	{name: "deny-bad-port"},
+	{name: "deny-privileged-port"},
+	{name: "deny-same-ports"},
+	{name: "deny-bad-log-level"},
+	{name: "deny-unknown-sidecar-annotation"},
+}
+
+var existingCredentials = map[string]bool{"realtime": true, "batch": true}
+
+func testConfig() Config {
+	return Config{Image: "ghcr.io/falguard/falguard-sidecar:v0.1.0"}
+}
+
+func TestInjectGolden(t *testing.T) {
+	for _, tc := range goldenCases {
+		t.Run(tc.name, func(t *testing.T) {
+			base := filepath.Join("testdata", tc.name)
+			in := readPod(t, base+".in.yaml")
+			cfg := testConfig()
+			if tc.cfg != nil {
+				tc.cfg(&cfg)
+			}
+			name, _ := CredentialName(in)
+			got, err := Inject(in, Credential{Namespace: "shop", Exists: existingCredentials[name]}, cfg)
+
+			if strings.HasPrefix(tc.name, "deny-") {
+				if err == nil {
+					t.Fatalf("want a denial, got an allowed pod")
+				}
+				d, ok := err.(*Denial)
+				if !ok {
+					t.Fatalf("want *Denial, got %T: %v", err, err)
+				}
+				compareGolden(t, base+".denied.txt", []byte(d.Message+"\n"))
+				return
+			}
+			if err != nil {
+				t.Fatalf("unexpected denial: %v", err)
+			}
+			out, err := yaml.Marshal(got)
+			if err != nil {
+				t.Fatal(err)
+			}
+			compareGolden(t, base+".out.yaml", out)
+
+			// Idempotence: the mutated pod passed through again is unchanged.
+			again, err := Inject(got, Credential{Namespace: "shop", Exists: true}, cfg)
+			if err != nil {
+				t.Fatalf("second pass denied: %v", err)
+			}
+			if !equality.Semantic.DeepEqual(got, again) {
+				t.Errorf("second pass changed the pod:\nfirst:  %s\nsecond: %s", mustYAML(t, got), mustYAML(t, again))
+			}
+		})
+	}
+}
+
+// TestGoldenFilesAreAllUsed catches a fixture added on disk but not in the table.
+func TestGoldenFilesAreAllUsed(t *testing.T) {
+	known := map[string]bool{}
+	for _, tc := range goldenCases {
+		known[tc.name] = true
+	}
+	files, _ := filepath.Glob("testdata/*.in.yaml")
+	for _, f := range files {
+		if n := strings.TrimSuffix(filepath.Base(f), ".in.yaml"); !known[n] {
+			t.Errorf("%s is not listed in goldenCases", f)
+		}
+	}
+}
+
+func TestInjectDoesNotMutateInput(t *testing.T) {
+	in := readPod(t, "testdata/bare-pod.in.yaml")
+	before := in.DeepCopy()
+	if _, err := Inject(in, Credential{Namespace: "shop", Exists: true}, testConfig()); err != nil {
+		t.Fatal(err)
+	}
+	if !equality.Semantic.DeepEqual(in, before) {
+		t.Fatalf("Inject modified its input")
+	}
+}
+
+func TestInjectUsesCredentialSecretName(t *testing.T) {
+	in := readPod(t, "testdata/bare-pod.in.yaml")
+	got, err := Inject(in, Credential{Namespace: "shop", Exists: true, SecretName: "custom-secret"}, testConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range got.Spec.Volumes {
+		if v.Name == VolumeName {
+			if v.Secret.SecretName != "custom-secret" {
+				t.Fatalf("volume secret = %q, want custom-secret", v.Secret.SecretName)
+			}
+			return
+		}
+	}
+	t.Fatal("no credentials volume")
+}
+
+func readPod(t *testing.T, path string) *corev1.Pod {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p corev1.Pod
+	if err := yaml.UnmarshalStrict(b, &p); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return &p
+}
+
+func compareGolden(t *testing.T, path string, got []byte) {
+	t.Helper()
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test ./internal/inject -update to create it, then review it)", err)
+	}
+	if string(want) != string(got) {
+		t.Errorf("%s differs from the output:\n--- want\n%s\n--- got\n%s", path, want, got)
+	}
+}
+
+func mustYAML(t *testing.T, v any) string {
+	b, err := yaml.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}

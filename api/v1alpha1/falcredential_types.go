@@ -52,7 +52,7 @@ type TokenSpec struct {
 	// +kubebuilder:validation:Format=duration
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10s') && duration(self) <= duration('1h')",message="token.ttl must be between 10s and 1h"
 	// +optional
-	TTL metav1.Duration `json:"ttl,omitempty"`
+	TTL metav1.Duration `json:"ttl,omitzero"`
 }
 
 // ProxySpec limits what the sidecar's proxy lets the app send to fal.
@@ -98,7 +98,7 @@ type RotationSpec struct {
 	// +kubebuilder:validation:Format=duration
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1m')",message="rotation.every must be at least 1m"
 	// +optional
-	Every metav1.Duration `json:"every,omitempty"`
+	Every metav1.Duration `json:"every,omitzero"`
 
 	// GracePeriod keeps the previous key valid after the new one is published,
 	// so in-flight work and sidecars still reloading finish with it.
@@ -107,7 +107,7 @@ type RotationSpec struct {
 	// +kubebuilder:validation:Format=duration
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s')",message="rotation.gracePeriod must not be negative"
 	// +optional
-	GracePeriod metav1.Duration `json:"gracePeriod,omitempty"`
+	GracePeriod metav1.Duration `json:"gracePeriod,omitzero"`
 }
 
 // FalCredentialSpec is the desired state of a FalCredential.
@@ -129,12 +129,12 @@ type FalCredentialSpec struct {
 	// Token shapes the realtime JWTs.
 	// +kubebuilder:default={}
 	// +optional
-	Token TokenSpec `json:"token,omitempty"`
+	Token TokenSpec `json:"token,omitzero"`
 
 	// Proxy limits the sidecar's proxy.
 	// +kubebuilder:default={}
 	// +optional
-	Proxy ProxySpec `json:"proxy,omitempty"`
+	Proxy ProxySpec `json:"proxy,omitzero"`
 
 	// Rotation, when set, lets the operator create, rotate and revoke keys.
 	// +optional

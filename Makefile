@@ -90,15 +90,11 @@ run: manifests generate ## Run the manager against the cluster in ~/.kube/config
 .PHONY: controller-gen
 controller-gen: $(CONTROLLER_GEN)
 $(CONTROLLER_GEN):
-	@mkdir -p $(LOCALBIN)
-	GOBIN=$(LOCALBIN)/.tmp-controller-gen go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
-	mv $(LOCALBIN)/.tmp-controller-gen/controller-gen $@ && rm -rf $(LOCALBIN)/.tmp-controller-gen
+	@hack/gotool.sh controller-gen sigs.k8s.io/controller-tools/cmd/controller-gen $(CONTROLLER_TOOLS_VERSION) >/dev/null
 
 .PHONY: golangci-lint
 golangci-lint: $(GOLANGCI_LINT)
 $(GOLANGCI_LINT):
-	@mkdir -p $(LOCALBIN)
-	GOBIN=$(LOCALBIN)/.tmp-golangci go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
-	mv $(LOCALBIN)/.tmp-golangci/golangci-lint $@ && rm -rf $(LOCALBIN)/.tmp-golangci
+	@hack/gotool.sh golangci-lint github.com/golangci/golangci-lint/v2/cmd/golangci-lint $(GOLANGCI_LINT_VERSION) >/dev/null
 
 -include hack/make/*.mk

@@ -91,6 +91,9 @@ func (s *Server) hostHandler(host string) http.Handler {
 			rec.finish(st)
 		}()
 		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, rec))
+		// Attribute the call before a fault answers it, so a test can see
+		// which key a retried or refused request carried.
+		rec.call.KeyID = s.identify(r)
 		if s.applyHTTPFaults(rec, r, host) {
 			return
 		}
@@ -217,6 +220,25 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, host strin
 		return res, false
 	}
 	return res, true
+}
+
+// identify returns the key id behind valid credentials on r, or "".
+func (s *Server) identify(r *http.Request) string {
+	scheme, cred, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+	if strings.EqualFold(scheme, "key") {
+		id, _, _ := s.checkKey(strings.TrimSpace(cred))
+		return id
+	}
+	tok := r.URL.Query().Get("fal_jwt_token")
+	if tok == "" && strings.EqualFold(scheme, "bearer") {
+		tok = strings.TrimSpace(cred)
+	}
+	if tok != "" {
+		if c, err := s.parseJWT(tok); err == nil {
+			return c.KeyID
+		}
+	}
+	return ""
 }
 
 // parseJWT verifies a fakefal JWT: signature, expiry, and that the key that

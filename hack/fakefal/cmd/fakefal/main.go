@@ -26,13 +26,16 @@ func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
 func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 
 func main() {
-	if err := run(); err != nil {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	if err := run(os.Args[1:], sig); err != nil {
 		fmt.Fprintln(os.Stderr, "fakefal:", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
+// run serves until stop delivers.
+func run(args []string, stop <-chan os.Signal) error {
 	var keys, adminKeys multiFlag
 	fs := flag.NewFlagSet("fakefal", flag.ContinueOnError)
 	fs.Var(&keys, "key", `API key "key_id:key_secret" (repeatable)`)
@@ -40,7 +43,7 @@ func run() error {
 	stateFile := fs.String("state-file", "", "write {urls, overrides, caFile, control} as JSON here once listening")
 	controlListen := fs.String("control-listen", "127.0.0.1:0", "loopback address of the plain-HTTP control API")
 	ttlMax := fs.Duration("token-ttl-max", time.Hour, "cap on token_expiration")
-	if err := fs.Parse(os.Args[1:]); err != nil {
+	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	host, _, err := net.SplitHostPort(*controlListen)
@@ -80,8 +83,6 @@ func run() error {
 	}
 	fmt.Fprintf(os.Stderr, "fakefal: listening; control API %s\n", controlURL)
 
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	<-sig
+	<-stop
 	return nil
 }

@@ -18,6 +18,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	falguardv1alpha1 "github.com/falguard/falguard/api/v1alpha1"
+	"github.com/falguard/falguard/controllers/podwebhook"
+	"github.com/falguard/falguard/internal/inject"
 )
 
 var (
@@ -69,6 +71,11 @@ func main() {
 	flag.StringVar(&webhookNS, "namespace", os.Getenv("POD_NAMESPACE"), "namespace the manager runs in (certificate Secret, excluded from injection)")
 	flag.BoolVar(&selfManagedCerts, "self-managed-certs", true, "generate and rotate webhook certificates; false when cert-manager provides them")
 	flag.StringVar(&sidecarImage, "sidecar-image", "ghcr.io/falguard/falguard-sidecar:"+version, "image of the injected sidecar")
+	var webhookCertHosts, sidecarPullPolicy string
+	var sidecarEnv podwebhook.EnvFlag
+	flag.StringVar(&webhookCertHosts, "webhook-cert-hosts", "", "extra names or IPs in the self-managed serving certificate, comma-separated (e.g. 127.0.0.1,localhost for a URL clientConfig)")
+	flag.Var(&sidecarEnv, "sidecar-env", "NAME=VALUE added to the env of every injected sidecar (repeatable), e.g. HTTPS_PROXY=http://proxy:3128")
+	flag.StringVar(&sidecarPullPolicy, "sidecar-image-pull-policy", "", "imagePullPolicy of the injected sidecar: Always, IfNotPresent or Never (default: the cluster's)")
 	flag.Var(falOverrides, "fal-upstream-override", "canonical=replacement base URL for a fal host (repeatable), e.g. https://api.fal.ai=https://127.0.0.1:9443")
 	flag.StringVar(&falCAFile, "fal-ca-file", "", "extra CA bundle trusted for fal's TLS (tests, egress proxies)")
 	opts := zap.Options{Development: false}
@@ -94,12 +101,28 @@ func main() {
 	_ = falOverrides
 	_ = falCAFile
 
-	// --- Pod webhook and its certificates (controllers/podwebhook.go) ---
-	_ = webhookConfig
-	_ = webhookServiceName
-	_ = webhookNS
-	_ = selfManagedCerts
-	_ = sidecarImage
+	// --- Pod webhook and its certificates (controllers/podwebhook) ---
+	if webhookNS == "" {
+		webhookNS = "falguard-system"
+	}
+	pullPolicy, err := podwebhook.ParsePullPolicy(sidecarPullPolicy)
+	if err != nil {
+		setupLog.Error(err, "invalid flag")
+		os.Exit(1)
+	}
+	if _, err := podwebhook.Setup(mgr, podwebhook.Options{
+		Port:              webhookPort,
+		CertDir:           webhookCertDir,
+		SelfManagedCerts:  selfManagedCerts,
+		Namespace:         webhookNS,
+		ServiceName:       webhookServiceName,
+		WebhookConfigName: webhookConfig,
+		CertHosts:         podwebhook.SplitHosts(webhookCertHosts),
+		Inject:            inject.Config{Image: sidecarImage, PullPolicy: pullPolicy, Env: sidecarEnv},
+	}); err != nil {
+		setupLog.Error(err, "unable to set up the pod webhook")
+		os.Exit(1)
+	}
 
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		setupLog.Error(err, "unable to set up health check")

@@ -249,3 +249,20 @@ func isIPv4(s string) bool {
 	}
 	return true
 }
+
+// ValidSegments reports whether every path segment is a plain fal id
+// segment: letters, digits, '-', '_', '.', and not "." or "..".
+func ValidSegments(segs []string) bool {
+	for _, s := range segs {
+		if s == "" || s == "." || s == ".." {
+			return false
+		}
+		for i := 0; i < len(s); i++ {
+			c := s[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+				return false
+			}
+		}
+	}
+	return true
+}

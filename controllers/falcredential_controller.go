@@ -89,6 +89,7 @@ type FalCredentialReconciler struct {
 	limiter   *rate.Limiter
 	mu        sync.Mutex
 	backoffs  map[types.NamespacedName]*backoffState
+	verified  map[types.NamespacedName]verifyRecord
 }
 
 type backoffState struct {
@@ -350,6 +351,12 @@ func (r *FalCredentialReconciler) verify(ctx context.Context, rn *run) error {
 	if fc.Status.VerifiedKeyHash == h && kv != nil && kv.Status != metav1.ConditionUnknown {
 		return nil
 	}
+	if v, ok := r.verifiedOf(rn.req); ok && v.hash == h {
+		// Answered already; our status write is just not in the cache yet.
+		fc.Status.VerifiedKeyHash = h
+		r.setCond(fc, falguardv1alpha1.ConditionKeyVerified, v.status, v.reason, v.msg)
+		return nil
+	}
 	if fc.Status.VerifiedKeyHash != h {
 		fc.Status.VerifiedKeyHash = ""
 		if kv == nil || kv.Status != metav1.ConditionUnknown {
@@ -380,15 +387,17 @@ func (r *FalCredentialReconciler) verify(ctx context.Context, rn *run) error {
 	switch {
 	case err == nil:
 		r.falOK(rn.req)
+		r.setVerified(rn.req, verifyRecord{h, metav1.ConditionTrue, ReasonKeyAccepted, fmt.Sprintf("fal minted a token with key %s", rn.keyID)})
 		fc.Status.VerifiedKeyHash = h
 		r.setCond(fc, falguardv1alpha1.ConditionKeyVerified, metav1.ConditionTrue, ReasonKeyAccepted, fmt.Sprintf("fal minted a token with key %s", rn.keyID))
 		return nil
 	case falapi.IsRejection(err):
 		r.falOK(rn.req)
+		msg := fmt.Sprintf("key %s is published but fal refused it: %v; fix the key in the Secret", rn.keyID, err)
+		r.setVerified(rn.req, verifyRecord{h, metav1.ConditionFalse, ReasonKeyRejected, msg})
 		fc.Status.VerifiedKeyHash = h
-		if r.setCond(fc, falguardv1alpha1.ConditionKeyVerified, metav1.ConditionFalse, ReasonKeyRejected, fmt.Sprintf("key %s is published but fal refused it: %v; fix the key in the Secret", rn.keyID, err)) {
-			r.event(fc, corev1.EventTypeWarning, ReasonKeyRejected, "Verify", "fal refused key %s: %v", rn.keyID, err)
-		}
+		r.setCond(fc, falguardv1alpha1.ConditionKeyVerified, metav1.ConditionFalse, ReasonKeyRejected, msg)
+		r.event(fc, corev1.EventTypeWarning, ReasonKeyRejected, "Verify", "fal refused key %s: %v", rn.keyID, err)
 		return nil
 	default:
 		wait := r.falFail(rn.req, rn.now, err)
@@ -545,4 +554,32 @@ func (r *FalCredentialReconciler) falOK(k types.NamespacedName) {
 	delete(r.backoffs, k)
 }
 
-func (r *FalCredentialReconciler) forget(k types.NamespacedName) { r.falOK(k) }
+func (r *FalCredentialReconciler) forget(k types.NamespacedName) {
+	r.falOK(k)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.verified, k)
+}
+
+// verifyRecord remembers fal's verdict on a key hash, so a reconcile that
+// reads a FalCredential from a cache not yet showing our last status write
+// does not ask fal again.
+type verifyRecord struct {
+	hash   string
+	status metav1.ConditionStatus
+	reason string
+	msg    string
+}
+
+func (r *FalCredentialReconciler) verifiedOf(k types.NamespacedName) (verifyRecord, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	v, ok := r.verified[k]
+	return v, ok
+}
+
+func (r *FalCredentialReconciler) setVerified(k types.NamespacedName, v verifyRecord) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.verified[k] = v
+}

@@ -72,6 +72,7 @@ func (r *FalCredentialReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	r.limiter = rate.NewLimiter(rate.Limit(r.VerifyRate), r.VerifyBurst)
 	r.backoffs = map[types.NamespacedName]*backoffState{}
+	r.verified = map[types.NamespacedName]verifyRecord{}
 
 	ctx := context.Background()
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &falguardv1alpha1.FalCredential{}, indexSecretRefs, secretRefs); err != nil {

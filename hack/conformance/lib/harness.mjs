@@ -62,7 +62,9 @@ function startProcess(bin, args, env) {
   const stop = async () => {
     if (child.exitCode !== null || child.signalCode !== null) return exited;
     child.kill("SIGTERM");
-    const res = await Promise.race([exited, sleep(10_000).then(() => null)]);
+    let timer;
+    const res = await Promise.race([exited, new Promise((r) => (timer = setTimeout(() => r(null), 10_000)))]);
+    clearTimeout(timer);
     if (res === null) {
       child.kill("SIGKILL");
       return exited;

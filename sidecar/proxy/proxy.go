@@ -97,6 +97,7 @@ func (h *Handler) ServeProxy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out.ContentLength = r.ContentLength
+	out.Host = t.Host // upstream sees the canonical host, also when overridden
 	for name, vals := range r.Header {
 		lower := strings.ToLower(name)
 		if strings.HasPrefix(lower, "x-fal-") && lower != "x-fal-target-url" && lower != "x-fal-client-proxy" {

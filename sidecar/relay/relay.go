@@ -145,7 +145,7 @@ func (rl *Relay) dial(r *http.Request, snap *credentials.Snapshot, alias, endpoi
 	ttl := time.Duration(snap.Policy.TokenTTLSeconds) * time.Second
 	d := *rl.Dialer
 	d.Subprotocols = websocket.Subprotocols(r)
-	h := http.Header{}
+	h := http.Header{"Host": {target.HostRun}} // the canonical host, also when overridden
 	if ua := r.Header.Get("User-Agent"); ua != "" {
 		h.Set("User-Agent", ua)
 	}

@@ -1,0 +1,174 @@
+// Command bench measures falguard-sidecar side by side with the hops users
+// would run instead (nginx, fal's official @fal-ai/server-proxy) and with no
+// hop at all, on loopback against fakefal with zero artificial delay, and
+// writes the report (docs/benchmarks.md). Peers alternate inside each
+// workload so drift hits all sides alike. -quick runs tiny counts and only
+// checks that every workload produced numbers; it asserts nothing about speed.
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/falguard/falguard/hack/fakefal"
+)
+
+// counts bound every workload; full and quick differ only here.
+type counts struct {
+	rounds                     int
+	warmup                     int
+	proxyDur                   time.Duration
+	sseStreams                 int
+	relayMsgs1K, relayMsgs256K int
+	relayTput1K, relayTput256K int
+	sessions                   int
+	sessionDur                 time.Duration
+	tokenReqs, tokenCallers    int
+	startTrials, reloadTrials  int
+}
+
+var fullCounts = counts{
+	rounds: 3, warmup: 500, proxyDur: 4 * time.Second, sseStreams: 30,
+	relayMsgs1K: 1000, relayMsgs256K: 150, relayTput1K: 4000, relayTput256K: 400,
+	sessions: 500, sessionDur: 10 * time.Second,
+	tokenReqs: 10000, tokenCallers: 200,
+	startTrials: 20, reloadTrials: 6,
+}
+
+var quickCounts = counts{
+	rounds: 1, warmup: 20, proxyDur: 300 * time.Millisecond, sseStreams: 3,
+	relayMsgs1K: 30, relayMsgs256K: 5, relayTput1K: 50, relayTput256K: 10,
+	sessions: 20, sessionDur: time.Second,
+	tokenReqs: 200, tokenCallers: 20,
+	startTrials: 2, reloadTrials: 1,
+}
+
+type config struct {
+	quick       bool
+	out         string
+	sidecarBin  string
+	nodeBin     string
+	nginxBin    string
+	officialDir string
+	distDir     string
+	counts      counts
+}
+
+func main() {
+	var cfg config
+	flag.BoolVar(&cfg.quick, "quick", false, "tiny counts: check that every workload runs and produces numbers (no speed assertions)")
+	flag.StringVar(&cfg.out, "out", "docs/benchmarks.md", "where to write the report")
+	flag.StringVar(&cfg.sidecarBin, "sidecar", "bin/falguard-sidecar", "falguard-sidecar binary")
+	flag.StringVar(&cfg.nodeBin, "node", "node", "node binary for the official proxy")
+	flag.StringVar(&cfg.nginxBin, "nginx", "nginx", "nginx binary")
+	flag.StringVar(&cfg.officialDir, "official-dir", "hack/bench/officialproxy", "the official proxy launcher (npm ci done)")
+	flag.StringVar(&cfg.distDir, "dist", "dist", "where a built sidecar image archive may be")
+	flag.Parse()
+	log.SetFlags(log.Ltime)
+	log.SetPrefix("bench: ")
+	cfg.counts = fullCounts
+	if cfg.quick {
+		cfg.counts = quickCounts
+	}
+
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := run(ctx, cfg)
+	cancel()
+	stopAll()
+	if err != nil {
+		log.Printf("FAILED: %v", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, cfg config) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic: %v", r)
+		}
+	}()
+	for _, p := range []*string{&cfg.sidecarBin, &cfg.officialDir, &cfg.distDir} {
+		if abs, err := filepath.Abs(*p); err == nil {
+			*p = abs
+		}
+	}
+	if _, err := os.Stat(filepath.Join(cfg.officialDir, "node_modules", "@fal-ai", "server-proxy")); err != nil {
+		return fmt.Errorf("the official proxy is not installed in %s: run `npm ci` there (make bench does)", cfg.officialDir)
+	}
+	if _, err := os.Stat(cfg.sidecarBin); err != nil {
+		return fmt.Errorf("sidecar binary %s: %w (make bench builds it)", cfg.sidecarBin, err)
+	}
+	workDir, err := os.MkdirTemp("", "falguard-bench-")
+	if err != nil {
+		return fmt.Errorf("work dir: %w", err)
+	}
+	defer os.RemoveAll(workDir)
+	if err := os.Chmod(workDir, 0o755); err != nil {
+		return fmt.Errorf("work dir: %w", err)
+	}
+
+	ff, err := fakefal.Start(fakefal.Options{Keys: []string{benchKey}})
+	if err != nil {
+		return err
+	}
+	defer ff.Close()
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ff.CAPEM()) {
+		return errors.New("fakefal's CA PEM did not parse")
+	}
+	e := &env{cfg: cfg, ff: ff, caPool: pool, workDir: workDir}
+
+	started := time.Now()
+	rep := &report{cfg: cfg, started: started.UTC(), machine: machineInfo(cfg)}
+	all := []string{peerDirect, peerNginx, peerOfficial, peerSidecar}
+	relayPeers := []string{peerDirect, peerNginx, peerSidecar} // the official proxy relays no WebSocket
+
+	log.Printf("1/5 proxy (%d rounds)", cfg.counts.rounds)
+	if rep.proxy, err = e.runProxy(ctx, all); err != nil {
+		return fmt.Errorf("proxy workload: %w", err)
+	}
+	log.Printf("2/5 SSE")
+	if rep.sse, err = e.runSSE(ctx, all); err != nil {
+		return fmt.Errorf("SSE workload: %w", err)
+	}
+	log.Printf("3/5 realtime relay")
+	if rep.relay, err = e.runRelay(ctx, relayPeers); err != nil {
+		return fmt.Errorf("realtime relay workload: %w", err)
+	}
+	if rep.sessions, err = e.runSessions(ctx, relayPeers); err != nil {
+		return fmt.Errorf("realtime sessions workload: %w", err)
+	}
+	log.Printf("4/5 tokens")
+	if rep.tokens, err = e.runTokens(ctx, all); err != nil {
+		return fmt.Errorf("tokens workload: %w", err)
+	}
+	log.Printf("5/5 sidecar alone")
+	if rep.alone, err = e.runSidecarAlone(ctx); err != nil {
+		return fmt.Errorf("sidecar-alone workload: %w", err)
+	}
+	rep.took = time.Since(started)
+
+	if err := os.MkdirAll(filepath.Dir(cfg.out), 0o755); err != nil {
+		return fmt.Errorf("report dir: %w", err)
+	}
+	if err := os.WriteFile(cfg.out, []byte(rep.markdown()), 0o644); err != nil {
+		return fmt.Errorf("writing the report: %w", err)
+	}
+	log.Printf("wrote %s in %s", cfg.out, rep.took.Round(time.Second))
+	if problems := rep.check(); len(problems) > 0 {
+		for _, p := range problems {
+			log.Printf("missing figure: %s", p)
+		}
+		return fmt.Errorf("%d workload figures are missing or failed (see above)", len(problems))
+	}
+	return nil
+}

@@ -1,0 +1,34 @@
+# Benchmarks (issue #8): falguard-sidecar side by side with nginx, fal's
+# official @fal-ai/server-proxy and no hop, on loopback against fakefal.
+# `make bench` writes docs/benchmarks.md (under 10 minutes on 2 cores);
+# `make bench-quick` runs every workload with tiny counts and only checks that
+# each produced numbers (it asserts nothing about speed), as part of make test.
+
+BENCH_OFFICIAL_DIR := hack/bench/officialproxy
+BENCH_SIDECAR := $(LOCALBIN)/falguard-sidecar
+BENCH_BIN := $(LOCALBIN)/falguard-bench
+# Fresh machines (CI) have no nginx: install Debian's package once.
+BENCH_SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: bench-deps
+bench-deps: $(BENCH_OFFICIAL_DIR)/node_modules/.package-lock.json
+	@command -v nginx >/dev/null 2>&1 || { echo "bench: installing nginx (Debian package)"; \
+		$(BENCH_SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(BENCH_SUDO) apt-get install -y -qq nginx >/dev/null; }
+	@# Installing the package may start a system nginx on :80; the bench runs its own and needs none.
+	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BENCH_SIDECAR) ./sidecar/cmd/falguard-sidecar
+	go build -o $(BENCH_BIN) ./hack/bench
+
+$(BENCH_OFFICIAL_DIR)/node_modules/.package-lock.json: $(BENCH_OFFICIAL_DIR)/package-lock.json $(BENCH_OFFICIAL_DIR)/package.json
+	cd $(BENCH_OFFICIAL_DIR) && npm ci --no-audit --no-fund --loglevel=error
+
+##@ Benchmarks
+
+.PHONY: bench
+bench: bench-deps ## Run the full benchmark (under 10 min on 2 cores) and write docs/benchmarks.md.
+	$(BENCH_BIN) -out docs/benchmarks.md -sidecar $(BENCH_SIDECAR) -official-dir $(BENCH_OFFICIAL_DIR) -nginx $$(command -v nginx)
+
+.PHONY: bench-quick
+bench-quick: bench-deps ## Run every benchmark workload with tiny counts (checks the harness, not speed).
+	$(BENCH_BIN) -quick -out $(LOCALBIN)/bench-quick.md -sidecar $(BENCH_SIDECAR) -official-dir $(BENCH_OFFICIAL_DIR) -nginx $$(command -v nginx)
+
+TEST_TARGETS += bench-quick

@@ -4,6 +4,7 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -86,17 +87,39 @@ func (h *Handler) ServeProxy(w http.ResponseWriter, r *http.Request) {
 	}
 
 	body := io.Reader(http.NoBody)
+	length := r.ContentLength
 	var cb *capped
-	if r.ContentLength != 0 && r.Body != nil {
+	if length != 0 && r.Body != nil {
 		cb = &capped{r: r.Body, left: limit}
 		body = cb
+	}
+	if length < 0 && r.Body != nil {
+		// No Content-Length: read a bounded prefix first, so a small
+		// oversized body is refused before fal sees anything and a small
+		// body goes out with a length. Only larger bodies are streamed
+		// under the cap (fal then gets an aborted request, never a whole one).
+		peek := make([]byte, min(limit+1, 32<<10))
+		n, err := io.ReadFull(r.Body, peek)
+		switch {
+		case int64(n) > limit:
+			h.appError(t)
+			tooLarge(w, limit)
+			return
+		case err == io.EOF || err == io.ErrUnexpectedEOF:
+			body, length, cb = bytes.NewReader(peek[:n]), int64(n), nil
+		case err != nil:
+			return // the app went away mid-body
+		default:
+			cb.left -= int64(n)
+			body = io.MultiReader(bytes.NewReader(peek[:n]), cb)
+		}
 	}
 	out, err := http.NewRequestWithContext(r.Context(), r.Method, h.Resolver.URL(t.Host, t.Path, t.RawQuery), body)
 	if err != nil {
 		apierr.Write(w, http.StatusBadRequest, apierr.CodeBadRequest, "cannot build the upstream request: "+err.Error())
 		return
 	}
-	out.ContentLength = r.ContentLength
+	out.ContentLength = length
 	out.Host = t.Host // upstream sees the canonical host, also when overridden
 	for name, vals := range r.Header {
 		lower := strings.ToLower(name)

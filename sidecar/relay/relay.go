@@ -86,16 +86,20 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		apierr.Write(w, http.StatusBadRequest, apierr.CodeBadRequest, "path must be /realtime/<owner>/<alias>[/<path>] with plain segments")
 		return
 	}
-	endpoint := strings.Join(segs, "/")
-	if len(rest) == 0 && len(segs) != 1 {
-		endpoint += "/realtime" // fal-js's default path
-	} else if len(segs) == 1 { // legacy "123-lcm" id
-		endpoint = strings.Replace(segs[0], "-", "/", 1) + "/realtime"
+	// The policy is checked against the app id as the app gave it; the
+	// "/realtime" path fal-js adds by default is not part of the app.
+	id = strings.Join(segs, "/")
+	if len(segs) == 1 { // legacy "123-lcm" id
+		id = strings.Replace(segs[0], "-", "/", 1)
 	}
-	app, ok := snap.Policy.MatchEndpoint(endpoint)
+	endpoint := id
+	if len(rest) == 0 {
+		endpoint += "/realtime"
+	}
+	app, ok := snap.Policy.MatchEndpoint(id)
 	if !ok {
 		apierr.Write(w, http.StatusForbidden, apierr.CodeAppNotAllowed,
-			fmt.Sprintf("app %q is not in this credential's allowedApps: add it to the FalCredential", endpoint))
+			fmt.Sprintf("app %q is not in this credential's allowedApps: add it to the FalCredential", id))
 		return
 	}
 	rl.Metrics.AppRequests.WithLabelValues(app).Inc()

@@ -46,6 +46,9 @@ type Options struct {
 	// TokenTTLMax caps the token_expiration a POST /tokens/ may ask for
 	// (default 1h); longer requests are clamped to it.
 	TokenTTLMax time.Duration
+	// MaxCalls bounds the recorded call log for long runs (benchmarks): past
+	// it the oldest half is forgotten. 0 = unbounded.
+	MaxCalls int
 }
 
 // KeyInfo describes a live key. It never holds the secret.
@@ -342,6 +345,10 @@ func (s *Server) keyLive(id string) bool {
 func (s *Server) record(c Call) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if m := s.opts.MaxCalls; m > 0 && len(s.calls) >= m {
+		keep := m / 2
+		s.calls = append(s.calls[:0], s.calls[len(s.calls)-keep:]...)
+	}
 	s.calls = append(s.calls, c)
 }
 

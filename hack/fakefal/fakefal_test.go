@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -153,6 +154,17 @@ func TestTLSAndOverrides(t *testing.T) {
 	}
 	if _, err := tls.Dial("tcp", strings.TrimPrefix(f.srv.URL(HostRun), "https://"), &tls.Config{}); err == nil {
 		t.Error("a client without fakefal's CA connected; want a verification error")
+	}
+}
+
+func TestMaxCallsKeepsTheNewest(t *testing.T) {
+	f := newFixture(t, func(o *Options) { o.MaxCalls = 4 })
+	for i := 0; i < 7; i++ {
+		f.do("GET", HostRun, fmt.Sprintf("/fal-ai/flux/%d", i), "Key "+apiKey, nil)
+	}
+	calls := f.srv.Calls()
+	if len(calls) > 4 || calls[len(calls)-1].Path != "/fal-ai/flux/6" {
+		t.Fatalf("Calls() = %+v, want at most 4 ending with the newest", calls)
 	}
 }
 

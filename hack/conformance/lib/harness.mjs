@@ -52,12 +52,15 @@ async function freePort() {
 /** Child process with captured output and a bounded stop. */
 function startProcess(bin, args, env) {
   const child = spawn(bin, args, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
-  const out = { text: "" };
+  const out = { text: "", spawnError: null };
   child.stdout.on("data", (d) => (out.text += d));
   child.stderr.on("data", (d) => (out.text += d));
   const exited = new Promise((resolve) => {
     child.on("exit", (code, signal) => resolve({ code, signal }));
-    child.on("error", (err) => resolve({ code: -1, signal: null, err }));
+    child.on("error", (err) => {
+      out.spawnError = err;
+      resolve({ code: -1, signal: null, err });
+    });
   });
   const stop = async () => {
     if (child.exitCode !== null || child.signalCode !== null) return exited;
@@ -141,6 +144,7 @@ export async function startFakefal() {
   const proc = startProcess(bin, ["--key", FAL_KEY, "--state-file", stateFile], {});
   const state = await waitFor(
     async () => {
+      if (proc.out.spawnError) throw new Error(`cannot run ${bin} (${proc.out.spawnError.code}): build it with 'make test-conformance' or set FALGUARD_BIN_DIR`);
       if (proc.child.exitCode !== null) throw new Error(`fakefal (${bin}) exited: ${proc.out.text}`);
       try {
         return JSON.parse(await readFile(stateFile, "utf8"));
@@ -188,12 +192,14 @@ export async function startSidecar(fakefal, { allowedApps = ["fal-ai/*"], extraA
   const args = ["run", "--listen", `127.0.0.1:${port}`, "--ops-listen", `127.0.0.1:${opsPort}`, "--key-env", "FAL_KEY"];
   for (const a of allowedApps) args.push("--allowed-app", a);
   for (const o of fakefal.state.overrides) args.push("--upstream-override", o);
-  args.push("--upstream-ca-file", fakefal.state.caFile, ...extraArgs);
+  // No lingering on SIGTERM: each test file stops its sidecar in after().
+  args.push("--upstream-ca-file", fakefal.state.caFile, "--min-shutdown-delay", "0s", "--max-shutdown-delay", "2s", ...extraArgs);
   const proc = startProcess(bin, args, { FAL_KEY });
   const base = `http://127.0.0.1:${port}`;
   const ops = `http://127.0.0.1:${opsPort}`;
   await waitFor(
     async () => {
+      if (proc.out.spawnError) throw new Error(`cannot run ${bin} (${proc.out.spawnError.code}): build it with 'make test-conformance' or set FALGUARD_BIN_DIR`);
       if (proc.child.exitCode !== null) throw new Error(`falguard-sidecar (${bin}) exited ${proc.child.exitCode}: ${proc.out.text}`);
       try {
         return (await fetch(ops + "/startupz")).status === 200;

@@ -8,6 +8,7 @@
 import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { createFalClient } from "@fal-ai/client";
+import WS from "ws";
 import { startFakefal, startSidecar, webSocketShim, fetchTrusting, waitFor, KEY_ID } from "../lib/harness.mjs";
 
 const APP = "fal-ai/fast-lcm-diffusion";
@@ -210,3 +211,36 @@ test("(c) through the relay: an app outside the policy is refused", async () => 
   assert.ok(errors.length > 0);
   assert.equal((await fakefal.calls("fal.run", "/fal-ai/not-allowed")).length, before, "fal was never dialled");
 });
+
+test("(c) through the relay with a plain ws client: ping/pong and a 1 MiB msgpack frame byte-exact", async () => {
+  const { encode, decode } = await import("@msgpack/msgpack");
+  const sock = new WS(`${sidecar.relayUrl}/${APP}`);
+  try {
+    await new Promise((resolve, reject) => {
+      sock.once("open", resolve);
+      sock.once("error", reject);
+    });
+    const pong = new Promise((resolve) => sock.once("pong", (d) => resolve(d.toString())));
+    sock.ping("are-you-there");
+    assert.equal(await withTimeout(pong, 5_000, "pong"), "are-you-there");
+
+    const payload = new Uint8Array(1 << 20);
+    for (let i = 0; i < payload.length; i++) payload[i] = (i * 7 + 3) & 0xff;
+    const answer = new Promise((resolve) => sock.once("message", (data, isBinary) => resolve({ data, isBinary })));
+    sock.send(encode({ prompt: "big", image: payload, request_id: "rid-1" }));
+    const { data, isBinary } = await withTimeout(answer, 10_000, "the echo");
+    assert.equal(isBinary, true, "binary in, binary out");
+    const out = decode(data);
+    assert.equal(out.request_id, "rid-1");
+    assert.ok(Buffer.from(out.image).equals(Buffer.from(payload)), "1 MiB of bytes intact both ways");
+  } finally {
+    sock.close(1000);
+  }
+});
+
+function withTimeout(p, ms, what) {
+  let t;
+  return Promise.race([p, new Promise((_, reject) => (t = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms)))]).finally(() =>
+    clearTimeout(t),
+  );
+}

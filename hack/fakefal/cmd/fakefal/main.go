@@ -43,6 +43,7 @@ func run(args []string, stop <-chan os.Signal) error {
 	stateFile := fs.String("state-file", "", "write {urls, overrides, caFile, control} as JSON here once listening")
 	controlListen := fs.String("control-listen", "127.0.0.1:0", "loopback address of the plain-HTTP control API")
 	ttlMax := fs.Duration("token-ttl-max", time.Hour, "cap on token_expiration")
+	maxCalls := fs.Int("max-calls", 0, "bound the recorded call log (the oldest half is dropped past it); 0 = unbounded")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -51,7 +52,7 @@ func run(args []string, stop <-chan os.Signal) error {
 		return fmt.Errorf("--control-listen %q must be a loopback host:port such as 127.0.0.1:0", *controlListen)
 	}
 
-	srv, err := fakefal.Start(fakefal.Options{Keys: keys, AdminKeys: adminKeys, TokenTTLMax: *ttlMax})
+	srv, err := fakefal.Start(fakefal.Options{Keys: keys, AdminKeys: adminKeys, TokenTTLMax: *ttlMax, MaxCalls: *maxCalls})
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,31 @@
 // Package inject is the pure pod mutation behind the falguard webhook: given a
 // pod, what is known about the FalCredential it names, and the operator's
 // configuration, it returns the pod with the sidecar added, or a Denial. It
-// does no I/O, so golden fixtures pin its behaviour exactly.
+// does no I/O, so golden fixtures (testdata/*.in.yaml next to *.out.yaml or
+// *.denied.txt) pin its behaviour exactly.
+//
+// Pod annotations (defaults in brackets):
+//
+//	falguard.dev/inject: <FalCredential>     the trigger (required)
+//	falguard.dev/native-sidecar: "false"     regular container instead of a native sidecar ["true"]
+//	falguard.dev/sidecar-image               [the manager's --sidecar-image]
+//	falguard.dev/sidecar-cpu-request         [10m]   "0" removes it
+//	falguard.dev/sidecar-cpu-limit           [none]
+//	falguard.dev/sidecar-memory-request      [16Mi]
+//	falguard.dev/sidecar-memory-limit        [64Mi]  "0" removes it
+//	falguard.dev/sidecar-log-level           debug|info|warn|error [the sidecar's default]
+//	falguard.dev/proxy-port                  app API on 127.0.0.1 [4750]
+//	falguard.dev/ops-port                    probes and metrics [4751]
+//
+// Legacy layout (native-sidecar "false", clusters before Kubernetes 1.29):
+// the sidecar is the last regular container and nothing stops it when the
+// app exits, so a Job's main container must end with
+//
+//	curl -fsS -X POST "$FALGUARD_QUIT_URL"    # http://127.0.0.1:4750/quitquitquit
+//
+// (or `wget -q -O- --post-data= "$FALGUARD_QUIT_URL"`), which the webhook sets
+// in every app container in that layout only. Native sidecars need nothing:
+// the kubelet stops them when the Job's containers finish.
 package inject
 
 import (

@@ -289,7 +289,14 @@ func (r *Rotator) Reconcile(ctx context.Context) (time.Time, error) {
 // it had to change something.
 func (r *Rotator) publishBundle(ctx context.Context, bundle []byte) (bool, error) {
 	mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
-	if err := r.client.Get(ctx, client.ObjectKey{Name: r.opts.WebhookConfigName}, mwc); err != nil {
+	err := r.client.Get(ctx, client.ObjectKey{Name: r.opts.WebhookConfigName}, mwc)
+	if apierrors.IsNotFound(err) {
+		// Nothing calls a webhook that is not configured; keep the Secret
+		// (and replicas' readiness) going and patch it once it appears.
+		r.log.Info("MutatingWebhookConfiguration not found yet; its caBundle will be set when it appears", "name", r.opts.WebhookConfigName)
+		return false, nil
+	}
+	if err != nil {
 		return false, fmt.Errorf("get MutatingWebhookConfiguration %s (install config/webhook, or fix --webhook-config-name): %w", r.opts.WebhookConfigName, err)
 	}
 	changed := false

@@ -233,6 +233,26 @@ func TestRepairs(t *testing.T) {
 			t.Fatal("caBundle not restored")
 		}
 	})
+	t.Run("configuration created after the manager", func(t *testing.T) {
+		f := newFixture(t)
+		mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
+		_ = f.c.Get(context.Background(), client.ObjectKey{Name: "falguard-mutating-webhook"}, mwc)
+		if err := f.c.Delete(context.Background(), mwc); err != nil {
+			t.Fatal(err)
+		}
+		f.reconcile()
+		if err := f.keeper.ReadyCheck(nil); err != nil {
+			t.Fatalf("not ready while the configuration is missing: %v", err)
+		}
+		mwc.ResourceVersion = ""
+		if err := f.c.Create(context.Background(), mwc); err != nil {
+			t.Fatal(err)
+		}
+		f.reconcile()
+		if !f.trusted() {
+			t.Fatal("caBundle not set once the configuration appeared")
+		}
+	})
 	t.Run("hosts changed", func(t *testing.T) {
 		f := newFixture(t)
 		f.reconcile()

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -246,5 +248,25 @@ func goroutinesSettle(n int) int {
 			return g
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func writePEM(t *testing.T, path string, der []byte) {
+	t.Helper()
+	b := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkGoroutines fails when goroutines started during the test outlive it
+// (after a bounded wait). Idle keep-alive connections to fal are allowed:
+// two goroutines each, a handful at most.
+func checkGoroutines(t *testing.T, before int) {
+	t.Helper()
+	const slack = 6
+	if g := goroutinesSettle(before + slack); g > before+slack {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("goroutines %d -> %d:\n%s", before, g, buf[:runtime.Stack(buf, true)])
 	}
 }

@@ -75,13 +75,7 @@ every injected pod.
 
 {{/* Fails rendering with a message when values contradict each other. */}}
 {{- define "falguard.validate" -}}
-{{- if eq (int .Values.sidecar.ports.app) (int .Values.sidecar.ports.ops) -}}
-{{- fail (printf "sidecar.ports.app and sidecar.ports.ops are both %v: give them different ports" .Values.sidecar.ports.app) -}}
-{{- end -}}
 {{- if or (eq (int .Values.webhook.port) (int .Values.metrics.port)) (eq (int .Values.webhook.port) 8081) (eq (int .Values.metrics.port) 8081) -}}
 {{- fail (printf "webhook.port (%v) and metrics.port (%v) must differ from each other and from the health port 8081" .Values.webhook.port .Values.metrics.port) -}}
-{{- end -}}
-{{- if and (eq .Values.certs.mode "cert-manager") .Values.certs.certManager.issuerRef (not .Values.certs.certManager.issuerRef.name) -}}
-{{- fail "certs.certManager.issuerRef needs a name (and kind Issuer or ClusterIssuer), or leave it empty for a self-signed CA" -}}
 {{- end -}}
 {{- end -}}

@@ -67,6 +67,7 @@ type Options struct {
 	PolicyFile  string   // --policy-file
 	Interval    time.Duration
 	Logger      *slog.Logger
+	Getenv      func(string) string // os.Getenv if nil
 	// OnReload and OnReloadError are called after every successful or failed
 	// (re)load, for metrics.
 	OnReload, OnReloadError func()
@@ -100,6 +101,9 @@ func New(opts Options) (*Store, error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Getenv == nil {
+		opts.Getenv = os.Getenv
 	}
 	return &Store{opts: opts, loadedCh: make(chan struct{})}, nil
 }
@@ -235,7 +239,7 @@ func (s *Store) read() (string, *policy.Policy, error) {
 			return "", nil, fmt.Errorf("reading %s: %w", policy.PolicyFile, err)
 		}
 	} else {
-		key = strings.TrimSpace(os.Getenv(s.opts.KeyEnv))
+		key = strings.TrimSpace(s.opts.Getenv(s.opts.KeyEnv))
 		if key == "" {
 			return "", nil, fmt.Errorf("env var %s (--key-env) is empty: set it to key_id:key_secret", s.opts.KeyEnv)
 		}

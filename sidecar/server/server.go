@@ -47,6 +47,8 @@ type Config struct {
 	Logger           *slog.Logger
 	// ReloadInterval is how often the credentials are polled (default 1s).
 	ReloadInterval time.Duration
+	// Getenv reads the --key-env variable (os.Getenv if nil).
+	Getenv func(string) string
 }
 
 // Server is a configured, listening sidecar.
@@ -112,7 +114,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger, metrics: metrics.New(cfg.Version), quit: make(chan struct{})}
 	s.creds, err = credentials.New(credentials.Options{
 		Dir: cfg.CredentialsDir, KeyEnv: cfg.KeyEnv, AllowedApps: cfg.AllowedApps, PolicyFile: cfg.PolicyFile,
-		Interval: cfg.ReloadInterval, Logger: cfg.Logger,
+		Interval: cfg.ReloadInterval, Logger: cfg.Logger, Getenv: cfg.Getenv,
 		OnReload: s.metrics.Reloads.Inc, OnReloadError: s.metrics.ReloadErrors.Inc,
 	})
 	if err != nil {

@@ -51,6 +51,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	log := p.Logger(stderr)
 	p.Run.Version = version
 	p.Run.Logger = log
+	p.Run.Getenv = getenv
 	srv, err := server.New(p.Run)
 	if err != nil {
 		log.Error("cannot start", "error", err.Error())

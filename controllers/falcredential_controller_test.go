@@ -494,12 +494,16 @@ func TestCrashSafety(t *testing.T) {
 			case <-time.After(20 * time.Second):
 				t.Fatalf("the rotation never reached %s", step)
 			}
+			t0 := time.Now()
 			m1.stop(t)
+			t.Logf("manager stopped in %s", time.Since(t0))
 			if id, err := managedKeyID(ns, "c"); err != nil || !isLive(id) {
 				t.Fatalf("while the manager is down the managed Secret holds key %q (live=%v, %v)", id, isLive(id), err)
 			}
 
+			t0 = time.Now()
 			startManager(t, ns, nil)
+			defer func() { t.Logf("settled in %s", time.Since(t0)) }()
 			eventually(t, 30*time.Second, "settles after restart", func() error {
 				live := liveOperatorKeys(ns, "c")
 				if len(live) > 2 {
@@ -526,6 +530,16 @@ func TestCrashSafety(t *testing.T) {
 			})
 			if isLive(first) {
 				t.Fatal("the replaced key was never deleted")
+			}
+			if step == StepAfterCreate {
+				eventually(t, 10*time.Second, "OrphanKeyDeleted event", func() error {
+					if _, ok := eventReasons(t, ns, "c")[ReasonOrphanKeyDeleted]; !ok {
+						return fmt.Errorf("no OrphanKeyDeleted event")
+					}
+					return nil
+				})
+			} else if _, ok := eventReasons(t, ns, "c")[ReasonOrphanKeyDeleted]; ok {
+				t.Fatalf("OrphanKeyDeleted event at step %s, where no orphan can exist", step)
 			}
 			// leave nothing for later tests: release the credential without revoking
 			annotate(t, ns, "c", falguardv1alpha1.AnnotationSkipRevokeOnDelete, "true")

@@ -112,7 +112,7 @@ func needEnv(t *testing.T) {
 // manager is one running manager with the FalCredential controller.
 type manager struct {
 	cancel context.CancelFunc
-	done   chan error
+	done   chan struct{}
 	rec    *FalCredentialReconciler
 }
 
@@ -151,8 +151,13 @@ func startManager(t *testing.T, ns string, tune func(r *FalCredentialReconciler,
 	if err := r.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}
-	m := &manager{cancel: cancel, done: make(chan error, 1), rec: r}
-	go func() { m.done <- mgr.Start(ctx) }()
+	m := &manager{cancel: cancel, done: make(chan struct{}), rec: r}
+	go func() {
+		defer close(m.done)
+		if err := mgr.Start(ctx); err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	}()
 	t.Cleanup(func() {
 		cancel()
 		select {

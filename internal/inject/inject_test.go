@@ -1,6 +1,7 @@
 package inject
 
 import (
+	"errors"
 	"flag"
 	"os"
 	"path/filepath"
@@ -83,8 +84,8 @@ func TestInjectGolden(t *testing.T) {
 				if err == nil {
 					t.Fatalf("want a denial, got an allowed pod")
 				}
-				d, ok := err.(*Denial)
-				if !ok {
+				var d *Denial
+				if !errors.As(err, &d) {
 					t.Fatalf("want *Denial, got %T: %v", err, err)
 				}
 				compareGolden(t, base+".denied.txt", []byte(d.Message+"\n"))

@@ -150,8 +150,21 @@ func report(path string, binSize int) error {
 		}
 		compressed += n
 	}
-	fmt.Printf("%s: archive %.1f MiB, compressed layers (pull size) %.1f MiB, binary %.1f MiB\n",
-		path, mib(st.Size()), mib(compressed), mib(int64(binSize)))
+	var uncompressed int64
+	for _, l := range layers {
+		rc, err := l.Uncompressed()
+		if err != nil {
+			return err
+		}
+		n, err := io.Copy(io.Discard, rc)
+		rc.Close()
+		if err != nil {
+			return err
+		}
+		uncompressed += n
+	}
+	fmt.Printf("%s: pull size (compressed layer) %.1f MiB, unpacked %.1f MiB, binary %.1f MiB, archive %.1f MiB\n",
+		path, mib(compressed), mib(uncompressed), mib(int64(binSize)), mib(st.Size()))
 	return nil
 }
 
@@ -215,6 +228,45 @@ func ReadOCIArchive(path string) (v1.Image, error) {
 		return nil, fmt.Errorf("%s: want one image in the archive, found %d", path, len(m.Manifests))
 	}
 	return idx.Image(m.Manifests[0].Digest)
+}
+
+// ExtractFile returns the content of the file at path (absolute, as in the
+// running container) from the image's layers.
+func ExtractFile(img v1.Image, path string) ([]byte, error) {
+	layers, err := img.Layers()
+	if err != nil {
+		return nil, err
+	}
+	want := strings.TrimPrefix(path, "/")
+	var found []byte
+	for _, l := range layers {
+		rc, err := l.Uncompressed()
+		if err != nil {
+			return nil, err
+		}
+		tr := tar.NewReader(rc)
+		for {
+			h, err := tr.Next()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				rc.Close()
+				return nil, err
+			}
+			if h.Name == want && h.Typeflag == tar.TypeReg {
+				if found, err = io.ReadAll(tr); err != nil {
+					rc.Close()
+					return nil, err
+				}
+			}
+		}
+		rc.Close()
+	}
+	if found == nil {
+		return nil, fmt.Errorf("%s is not in the image", path)
+	}
+	return found, nil
 }
 
 // verifyFiles checks built archives for what the manifests rely on.

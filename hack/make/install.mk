@@ -54,6 +54,8 @@ images: ## Build the manager and sidecar images (no Docker) as OCI archives unde
 .PHONY: test-install
 test-install: envtest helm build-installer ## Test the install paths: chart lint/template/schema, drift, helm and kubectl installs on envtest, images.
 	go run ./hack/install/chartgen -check
-	cd hack/images && go test -count=1 ./...
+	@# The images are built as `make images` builds them, then taken apart and run.
+	$(MAKE) --no-print-directory images IMAGE_TAG=installtest
+	cd hack/images && IMAGES_DIR=$(CURDIR)/dist IMAGE_TAG=installtest go test -count=1 ./...
 	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) HELM=$(HELM) KUBECTL=$(KUBECTL) INSTALL_YAML=$(CURDIR)/dist/install.yaml \
 		go test -count=1 -timeout 10m -tags installtest ./hack/install/...

@@ -18,7 +18,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	falguardv1alpha1 "github.com/falguard/falguard/api/v1alpha1"
+	"github.com/falguard/falguard/controllers"
 	"github.com/falguard/falguard/controllers/podwebhook"
+	"github.com/falguard/falguard/internal/falapi"
 	"github.com/falguard/falguard/internal/inject"
 )
 
@@ -98,8 +100,19 @@ func main() {
 	}
 
 	// --- FalCredential controller (controllers/falcredential_controller.go) ---
-	_ = falOverrides
-	_ = falCAFile
+	falClient, err := falapi.New(falapi.Options{
+		Overrides: falOverrides,
+		CAFile:    falCAFile,
+		OnCall:    controllers.ObserveFalCall,
+	})
+	if err != nil {
+		setupLog.Error(err, "invalid fal client settings (--fal-upstream-override, --fal-ca-file)")
+		os.Exit(1)
+	}
+	if err := (&controllers.FalCredentialReconciler{Fal: falClient}).SetupWithManager(mgr); err != nil {
+		setupLog.Error(err, "unable to set up the FalCredential controller")
+		os.Exit(1)
+	}
 
 	// --- Pod webhook and its certificates (controllers/podwebhook) ---
 	if webhookNS == "" {

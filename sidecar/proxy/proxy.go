@@ -63,6 +63,12 @@ func (h *Handler) ServeProxy(w http.ResponseWriter, r *http.Request) {
 	if snap == nil || !cors(w, r, snap.Policy) {
 		return
 	}
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions:
+	default:
+		apierr.Write(w, http.StatusMethodNotAllowed, apierr.CodeMethodNotAllowed, "method "+quoteASCII(r.Method)+" is not proxied to fal")
+		return
+	}
 	t, rej := target.Validate(r.Header.Values(target.Header), snap.Policy)
 	if rej != nil {
 		apierr.Write(w, rej.Status, rej.Code, rej.Message)
@@ -81,7 +87,7 @@ func (h *Handler) ServeProxy(w http.ResponseWriter, r *http.Request) {
 		h.serveProxiedToken(w, r, snap)
 		return
 	}
-	if !h.allow(w, snap) {
+	if !RateLimit(w, snap, h.Metrics) {
 		h.appError(t)
 		return
 	}
@@ -215,8 +221,9 @@ func (h *Handler) appError(t *target.Target) {
 	}
 }
 
-// allow applies the policy's rate limit to a request about to go to fal.
-func (h *Handler) allow(w http.ResponseWriter, snap *credentials.Snapshot) bool {
+// RateLimit applies the policy's rate limit to a request about to go to
+// fal, answering 429 with Retry-After when it is exceeded.
+func RateLimit(w http.ResponseWriter, snap *credentials.Snapshot, m *metrics.Metrics) bool {
 	if snap.Limiter == nil {
 		return true
 	}
@@ -231,7 +238,7 @@ func (h *Handler) allow(w http.ResponseWriter, snap *credentials.Snapshot) bool 
 	} else {
 		w.Header().Set("Retry-After", "1")
 	}
-	h.Metrics.RateLimited.Inc()
+	m.RateLimited.Inc()
 	apierr.Write(w, http.StatusTooManyRequests, apierr.CodeRateLimited,
 		fmt.Sprintf("rate limit of %g requests/s (burst %d) exceeded: retry after the Retry-After delay",
 			snap.Policy.RateLimit.RequestsPerSecond, snap.Policy.RateLimit.Burst))

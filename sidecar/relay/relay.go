@@ -103,6 +103,10 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rl.Metrics.AppRequests.WithLabelValues(app).Inc()
+	if !proxy.RateLimit(w, snap, rl.Metrics) { // a new session is a request to fal; its messages are not
+		rl.Metrics.AppErrors.WithLabelValues(app).Inc()
+		return
+	}
 	q := r.URL.Query()
 	q.Del("fal_jwt_token") // the sidecar's token, never the app's
 
@@ -225,15 +229,27 @@ func (rl *Relay) pump(s *session, limit int64) bool {
 	forwardControl(s.app, s.up)
 	forwardControl(s.up, s.app)
 
-	results := make(chan bool, 2)
-	go func() { results <- rl.copy(s.up, s.app, metrics.AppToFal) }()
-	go func() { results <- rl.copy(s.app, s.up, metrics.FalToApp) }()
-	abnormal := <-results
-	// One side has closed (its close was forwarded) or failed. Give the other
-	// side CloseGrace to answer, then drop both.
-	t := time.AfterFunc(CloseGrace, func() { s.app.NetConn().Close(); s.up.NetConn().Close() })
-	abnormal = <-results || abnormal
-	t.Stop()
+	// One extra goroutine per relay; fal->app runs on the handler's own.
+	// Whichever direction ends first has forwarded its close (or a code the
+	// other side can act on); the other side then gets CloseGrace to answer
+	// before both connections are dropped.
+	var once sync.Once
+	var grace *time.Timer
+	startGrace := func() {
+		once.Do(func() {
+			grace = time.AfterFunc(CloseGrace, func() { s.app.NetConn().Close(); s.up.NetConn().Close() })
+		})
+	}
+	done := make(chan bool, 1)
+	go func() {
+		ab := rl.copy(s.up, s.app, metrics.AppToFal)
+		startGrace()
+		done <- ab
+	}()
+	abnormal := rl.copy(s.app, s.up, metrics.FalToApp)
+	startGrace()
+	abnormal = <-done || abnormal
+	grace.Stop()
 	s.app.Close()
 	s.up.Close()
 	return abnormal

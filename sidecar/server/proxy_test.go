@@ -204,13 +204,17 @@ func TestRateLimit(t *testing.T) {
 	if fmt.Sprint(codes) != "[200 200 429]" {
 		t.Fatalf("codes %v", codes)
 	}
+	// A new realtime session is a request to fal too.
+	if _, resp, err := h.dialRelay("/realtime/fal-ai/flux/dev"); err == nil || resp == nil || resp.StatusCode != 429 || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("relay over the rate limit: %v %v", err, resp)
+	}
 	// Tokens served from the cache do not count against the limit.
 	for i := 0; i < 5; i++ {
 		if st := h.status(h.base + "/api/fal/token?app=fal-ai/flux/dev"); st != 200 {
 			t.Fatalf("token request %d: %d", i, st)
 		}
 	}
-	if v := h.metric("falguard_sidecar_rate_limited_requests_total"); v != 1 {
+	if v := h.metric("falguard_sidecar_rate_limited_requests_total"); v != 2 {
 		t.Fatalf("rate_limited metric %v", v)
 	}
 }

@@ -177,6 +177,9 @@ type TrafficStats struct {
 	ProxyErrors []AppError `json:"proxyErrors"`
 	Realtime    RTStats    `json:"realtime"`
 	Sockets     Sockets    `json:"sockets"`
+	// SocketsDuring counts sockets opened and closed after the traffic's own
+	// session was up: both stay 0 unless a connection dropped.
+	SocketsDuring Sockets `json:"socketsDuring"`
 }
 
 // RTStats counts one realtime connection's messages.

@@ -382,7 +382,8 @@ func (e *Env) startControlPlane(ctx context.Context) error {
 		ProbePeriod: 250 * time.Millisecond,
 		Images: map[string]Image{
 			SidecarImage: {Entrypoint: []string{e.SidecarBin}, Binaries: map[string]string{"falguard-sidecar": e.SidecarBin}},
-			AppImage:     {Entrypoint: []string{nodeBin(), filepath.Join(e.Root, "hack", "demo", "js", "app.mjs")}, Stdio: true},
+			AppImage: {Entrypoint: []string{nodeBin(), filepath.Join(e.Root, "hack", "demo", "js", "app.mjs")},
+				Binaries: map[string]string{"node": nodeBin()}, Stdio: true},
 		},
 		Logf: func(format string, args ...any) { e.Steps.Detail(format, args...) },
 	}
@@ -625,6 +626,9 @@ func (e *Env) checkWebhookTLS(ctx context.Context) error {
 	}
 	return nil
 }
+
+// HTTPOK passes when GET url answers 200.
+func HTTPOK(ctx context.Context, url string) error { return httpOK(ctx, url) }
 
 func httpOK(ctx context.Context, url string) error {
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)

@@ -78,11 +78,9 @@ func RunDemo(ctx context.Context, e *Env, grace time.Duration) (*DemoResult, err
 	s.End("Ready, key %s", fc.Status.KeyID)
 
 	s.Begin("Deploying %s (annotated falguard.dev/inject: %s) and playing kubelet for its pod", DemoApp, DemoCredential)
-	pod, err := e.DeployApp(ctx, AppSpec{Namespace: DemoNamespace, Name: DemoApp, Credential: DemoCredential})
+	pod, err := e.DeployApp(ctx, AppSpec{Namespace: DemoNamespace, Name: DemoApp, Credential: DemoCredential,
+		Stored: func(p *corev1.Pod) { describeInjection(s, p) }})
 	res.Pod = pod
-	if pod != nil && pod.Created != nil {
-		describeInjection(s, pod.Created)
-	}
 	if err != nil {
 		return res, err
 	}
@@ -103,17 +101,19 @@ func RunDemo(ctx context.Context, e *Env, grace time.Duration) (*DemoResult, err
 	if err := app.Call(ctx, "rt-open", map[string]any{"conn": "hello", "app": RealtimeApp}, nil); err != nil {
 		return res, err
 	}
+	// One frame first: while its socket opens the client keeps only the
+	// latest message, so the next frames go once the session is up.
 	for i := 1; i <= 3; i++ {
 		if err := app.Call(ctx, "rt-send", map[string]any{"conn": "hello", "input": map[string]any{"prompt": fmt.Sprintf("frame %d", i), "seq": i}}, nil); err != nil {
 			return res, err
 		}
-	}
-	var rt RTStats
-	if err := app.Call(ctx, "rt-wait", map[string]any{"conn": "hello", "results": 3, "timeoutMs": 15000}, &rt); err != nil {
-		return res, err
-	}
-	if rt.Results < 3 || rt.ErrorCount > 0 {
-		return res, fmt.Errorf("realtime session through the relay: %d of 3 results, errors %+v", rt.Results, rt.Errors)
+		var rt RTStats
+		if err := app.Call(ctx, "rt-wait", map[string]any{"conn": "hello", "results": i, "timeoutMs": 15000}, &rt); err != nil {
+			return res, err
+		}
+		if rt.Results < i || rt.ErrorCount > 0 {
+			return res, fmt.Errorf("realtime session through the relay: %d of %d results, errors %+v", rt.Results, i, rt.Errors)
+		}
 	}
 	_ = app.Call(ctx, "rt-close", map[string]any{"conn": "hello"}, nil)
 	s.Detail("fal.realtime.connect(%q): 3 frames sent, 3 results back through the sidecar's relay (ws -> wss://fal.run)", RealtimeApp)
@@ -182,7 +182,7 @@ func RunDemo(ctx context.Context, e *Env, grace time.Duration) (*DemoResult, err
 		return res, err
 	}
 	res.Traffic = final
-	s.Detail("still one WebSocket, opened before the rotation: %s", final.Summary())
+	s.Detail("the same WebSocket, opened before the rotation, carried the session throughout: %s", final.Summary())
 	s.End("old key %s refused by fal from now on (HTTP %d for anyone still holding it)", res.OldKeyID, revokedSeen)
 	return res, nil
 }
@@ -210,8 +210,8 @@ func trafficStats(ctx context.Context, app *App) (TrafficStats, error) {
 
 // Summary says in one line what the traffic saw.
 func (t TrafficStats) Summary() string {
-	return fmt.Sprintf("%d proxied requests (%d failed), %d realtime frames sent / %d results (%d errors), WebSockets opened %d, closed %d",
-		t.ProxyOK+t.ProxyFailed, t.ProxyFailed, t.Realtime.Sent, t.Realtime.Results, t.Realtime.ErrorCount, t.Sockets.Opened, t.Sockets.Closed)
+	return fmt.Sprintf("%d proxied requests (%d failed); realtime: %d frames sent, %d results, %d errors, %d reconnects, %d closes",
+		t.ProxyOK+t.ProxyFailed, t.ProxyFailed, t.Realtime.Sent, t.Realtime.Results, t.Realtime.ErrorCount, t.SocketsDuring.Opened, t.SocketsDuring.Closed)
 }
 
 func orDash(s string) string {

@@ -43,7 +43,9 @@ func (e *Env) UpdateSecretKey(ctx context.Context, ns, name, key, value string) 
 }
 
 // CreateNamespace creates ns.
-func (e *Env) CreateNamespace(ctx context.Context, ns string) error { return e.ensureNamespace(ctx, ns) }
+func (e *Env) CreateNamespace(ctx context.Context, ns string) error {
+	return e.ensureNamespace(ctx, ns)
+}
 
 // GetCredential reads a FalCredential.
 func (e *Env) GetCredential(ctx context.Context, ns, name string) (*falguardv1alpha1.FalCredential, error) {
@@ -116,6 +118,8 @@ type AppSpec struct {
 	Annotations map[string]string
 	// Mutate may change the pod template before the Deployment is created.
 	Mutate func(*corev1.PodTemplateSpec)
+	// Stored, if set, sees the pod as the API server stored it, before it runs.
+	Stored func(*corev1.Pod)
 }
 
 // AppPod is a demo Deployment's pod, run by the emulated kubelet.
@@ -266,6 +270,9 @@ func (e *Env) DeployApp(ctx context.Context, spec AppSpec) (*AppPod, error) {
 		return nil, err
 	}
 	ap := &AppPod{Deployment: dep, ReplicaSet: rs, Created: pod, ProxyPort: proxyPort, OpsPort: opsPort}
+	if spec.Stored != nil {
+		spec.Stored(pod)
+	}
 	if err := e.RunAppPod(ctx, ap); err != nil {
 		return ap, err
 	}

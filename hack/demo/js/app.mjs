@@ -171,6 +171,13 @@ function trafficStats(t) {
     proxyErrors: t.proxyErrors,
     realtime: rtStats(t.rt),
     sockets: { ...sockets, closes: sockets.closes.slice(-20) },
+    // The traffic session's socket opened before sockBase; a reconnect or a
+    // drop during the traffic shows up here.
+    socketsDuring: {
+      opened: sockets.opened - t.sockBase.opened,
+      closed: sockets.closed - t.sockBase.closed,
+      closes: sockets.closes.slice(t.sockBase.closed),
+    },
   };
 }
 
@@ -241,6 +248,19 @@ const ops = {
   async "traffic-start"({ app, rtApp, everyMs = 200, tokenMode = "provider" }) {
     if (traffic) throw new Error("traffic already running");
     const t = { app, seq: 0, proxyOK: 0, proxyFailed: 0, proxyErrors: [], proxyInFlight: 0, rt: openRealtime("traffic", rtApp, tokenMode) };
+    // The client keeps only the latest message while its socket opens, so
+    // open it with one frame and wait for the answer before the steady beat.
+    t.rt.sent++;
+    t.rt.conn.send({ prompt: "warm-up", seq: 0 });
+    const deadline = Date.now() + 15000;
+    while (t.rt.results < 1 && t.rt.errors.length === 0 && Date.now() < deadline) await sleep(20);
+    if (t.rt.results < 1) {
+      t.rt.conn.close();
+      conns.delete("traffic");
+      throw new Error(`the realtime session did not answer its first frame within 15s (errors: ${JSON.stringify(t.rt.errors)})`);
+    }
+    // Sockets opened or closed from here on count against the rotation.
+    t.sockBase = { opened: sockets.opened, closed: sockets.closed };
     t.timer = setInterval(() => trafficTick(t), everyMs);
     traffic = t;
     return {};

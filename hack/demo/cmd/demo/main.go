@@ -34,7 +34,9 @@ func run() int {
 	flag.Parse()
 	exitAfterSummary, why := decideExit(*exitAfter, *stay)
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGHUP (terminal closed) and SIGPIPE (output piped into `head`) would
+	// otherwise kill the demo before it stops kube-apiserver and etcd.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGPIPE)
 	defer stop()
 
 	fmt.Println("falguard demo: the operator, its webhook, the sidecar and fal's official client, all on 127.0.0.1")

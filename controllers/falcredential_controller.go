@@ -232,15 +232,15 @@ func (r *FalCredentialReconciler) sync(ctx context.Context, rn *run) error {
 			rn.setKey(strings.TrimSpace(raw), id, falguardv1alpha1.KeySourceOperator)
 		}
 	}
-	if rn.key == "" && rn.d.Source == falguardv1alpha1.KeySourceOperator && rot != nil && rn.d.KeyID != "" && rn.d.PreviousKeyID == "" {
-		// The operator's key was lost (managed Secret deleted or edited by
-		// hand): it can never be published again, so schedule its deletion
-		// like a replaced key and get a new one below.
-		r.event(fc, corev1.EventTypeWarning, ReasonKeyLost, "Lose", "operator-created key %s is gone from Secret %s; a new key will be created and the lost one deleted at fal", rn.d.KeyID, falguardv1alpha1.ManagedSecretName(fc.Name))
-		rn.d.PreviousKeyID, rn.d.PreviousRevokeAt = rn.d.KeyID, rotation.RevokeAt(rn.now, rot.GracePeriod.Duration)
-		rn.d.KeyID, rn.d.Source = "", ""
+	// The operator's key is lost when the managed Secret was deleted or edited
+	// by hand: its secret exists nowhere else. Rotation below creates a new
+	// key and schedules the lost one for deletion like any replaced key (the
+	// user's Secret is not used instead: that would forget the lost key).
+	operatorLost := rn.key == "" && rot != nil && rn.d.Source == falguardv1alpha1.KeySourceOperator && rn.d.KeyID != ""
+	if operatorLost {
+		r.event(fc, corev1.EventTypeWarning, ReasonKeyLost, "Rotate", "operator-created key %s is gone from Secret %s; creating a new key, the lost one will be deleted at fal", rn.d.KeyID, falguardv1alpha1.ManagedSecretName(fc.Name))
 	}
-	if rn.key == "" && fc.Spec.SecretRef != nil {
+	if rn.key == "" && !operatorLost && fc.Spec.SecretRef != nil {
 		key, why, err := r.readKey(ctx, fc.Namespace, *fc.Spec.SecretRef)
 		if err != nil {
 			rn.noKeyWhy, rn.noKeyMsg = why, err.Error()
@@ -405,9 +405,10 @@ func (r *FalCredentialReconciler) verify(ctx context.Context, rn *run) error {
 		if !falapi.IsTransient(err) {
 			why = ReasonVerificationFailed
 		}
-		if r.setCond(fc, falguardv1alpha1.ConditionKeyVerified, metav1.ConditionUnknown, why, fmt.Sprintf("could not check key %s with fal: %v; retrying in %s", rn.keyID, err, wait.Round(time.Second))) {
+		if prev := meta.FindStatusCondition(fc.Status.Conditions, falguardv1alpha1.ConditionKeyVerified); prev == nil || prev.Reason != why {
 			r.event(fc, corev1.EventTypeWarning, why, "Verify", "could not check key %s with fal: %v", rn.keyID, err)
 		}
+		r.setCond(fc, falguardv1alpha1.ConditionKeyVerified, metav1.ConditionUnknown, why, fmt.Sprintf("could not check key %s with fal: %v; retrying in %s", rn.keyID, err, wait.Round(time.Second)))
 		return &falError{err}
 	}
 }

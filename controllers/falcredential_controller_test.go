@@ -383,6 +383,30 @@ func TestRotation(t *testing.T) {
 		t.Fatalf("falguard_rotations_total{result=success} grew by %v, want >= 2", got)
 	}
 
+	// The managed Secret is deleted: the operator key's secret is gone for
+	// good, so a new key is created and the lost one deleted after the grace.
+	sec, err := getManaged(ns, "auto")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Delete(ctx, sec); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "lost key replaced and deleted", func() error {
+		fc = getFC(t, ns, "auto")
+		id, err := managedKeyID(ns, "auto")
+		if err != nil || fc.Status.KeyID == second || id != fc.Status.KeyID || isLive(second) || fc.Status.PreviousKeyID != "" {
+			return fmt.Errorf("status key %s, managed %s (%v), lost key live %v", fc.Status.KeyID, id, err, isLive(second))
+		}
+		return condIs(fc, falguardv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonPublished)
+	})
+	if _, ok := eventReasons(t, ns, "auto")[ReasonKeyLost]; !ok {
+		t.Fatal("no OperatorKeyLost event")
+	}
+	if live := liveOperatorKeys(ns, "auto"); len(live) != 1 {
+		t.Fatalf("live operator keys after replacing a lost key: %+v", live)
+	}
+
 	// A user-seeded credential: rotation replaces the user's key but never deletes it.
 	waitCond(t, ns, "seeded", falguardv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonPublished)
 	if s := getFC(t, ns, "seeded").Status; s.KeyID != "kid-user" || s.KeySource != falguardv1alpha1.KeySourceUser {

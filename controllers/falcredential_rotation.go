@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -182,8 +183,6 @@ func (r *FalCredentialReconciler) rotate(ctx context.Context, rn *run, admin, wh
 	}
 	if oldSource == falguardv1alpha1.KeySourceOperator && old != "" && old != created.KeyID {
 		nd.PreviousKeyID, nd.PreviousRevokeAt = old, rotation.RevokeAt(rn.now, rot.GracePeriod.Duration)
-	} else if rn.d.PreviousKeyID != "" { // a lost operator key still awaiting deletion
-		nd.PreviousKeyID, nd.PreviousRevokeAt = rn.d.PreviousKeyID, rn.d.PreviousRevokeAt
 	}
 	rn.setKey(created.Key, created.KeyID, falguardv1alpha1.KeySourceOperator)
 	if err := r.publish(ctx, rn, nd); err != nil {
@@ -219,9 +218,10 @@ func (r *FalCredentialReconciler) rotate(ctx context.Context, rn *run, admin, wh
 func (r *FalCredentialReconciler) rotationFalError(rn *run, reason, what string, err error) error {
 	wait := r.falFail(rn.req, rn.now, err)
 	msg := fmt.Sprintf("%s: %v; retrying in %s", what, err, wait.Round(time.Second))
-	if r.setCond(rn.fc, falguardv1alpha1.ConditionRotation, metav1.ConditionFalse, reason, msg) {
+	if prev := meta.FindStatusCondition(rn.fc.Status.Conditions, falguardv1alpha1.ConditionRotation); prev == nil || prev.Reason != reason || prev.Status != metav1.ConditionFalse {
 		r.event(rn.fc, corev1.EventTypeWarning, reason, "Rotate", "%s: %v", what, err)
 	}
+	r.setCond(rn.fc, falguardv1alpha1.ConditionRotation, metav1.ConditionFalse, reason, msg)
 	return &falError{err}
 }
 

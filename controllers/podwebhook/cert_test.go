@@ -60,7 +60,7 @@ func TestSelfManagedCertRotation(t *testing.T) {
 		Namespace: operatorNS, ServiceName: "falguard-webhook-service", WebhookConfigName: configName,
 		CertHosts: []string{"127.0.0.1"},
 		Cert: webhookcert.Options{
-			CALifetime: 24 * time.Second, CertLifetime: 9 * time.Second,
+			CALifetime: 30 * time.Second, CertLifetime: 12 * time.Second,
 			PropagationDelay: 2 * time.Second, MaxCheckInterval: time.Second,
 		},
 		Inject: inject.Config{Image: sidecarIm},
@@ -123,7 +123,7 @@ func TestSelfManagedCertRotation(t *testing.T) {
 			failures = append(failures, fmt.Sprintf(time.Now().Format("15:04:05.000 ")+format, args...))
 		}
 	}
-	const loop = 26 * time.Second // past one CA renewal (~16s) and several serving renewals (~6s)
+	const loop = 27 * time.Second // past one CA renewal (~20s) and serving renewals (~8s)
 	deadline := time.Now().Add(loop)
 	var wg sync.WaitGroup
 	wg.Add(2)

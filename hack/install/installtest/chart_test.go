@@ -15,6 +15,7 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/diff"
 )
 
 // allToggles turns on every optional feature of the chart at once.
@@ -271,7 +272,7 @@ func TestChartMatchesInstallYAML(t *testing.T) {
 	cw := as[admissionv1.MutatingWebhookConfiguration](t, chart.one(t, "MutatingWebhookConfiguration"))
 	mw := as[admissionv1.MutatingWebhookConfiguration](t, manifests.one(t, "MutatingWebhookConfiguration"))
 	if !reflect.DeepEqual(cw.Webhooks, mw.Webhooks) {
-		t.Errorf("webhooks differ\n chart:        %+v\n install.yaml: %+v", cw.Webhooks, mw.Webhooks)
+		t.Errorf("webhooks differ (- chart, + install.yaml):\n%s", diff.Diff(cw.Webhooks, mw.Webhooks))
 	}
 
 	// RBAC rules and bindings.
@@ -283,7 +284,7 @@ func TestChartMatchesInstallYAML(t *testing.T) {
 			}
 			cr, mr := as[rbacv1.ClusterRole](t, c), as[rbacv1.ClusterRole](t, u)
 			if !reflect.DeepEqual(cr.Rules, mr.Rules) {
-				t.Errorf("%s %s rules differ\n chart:        %+v\n install.yaml: %+v", kind, u.GetName(), cr.Rules, mr.Rules)
+				t.Errorf("%s %s rules differ (- chart, + install.yaml):\n%s", kind, u.GetName(), diff.Diff(cr.Rules, mr.Rules))
 			}
 		}
 	}
@@ -307,12 +308,12 @@ func TestChartMatchesInstallYAML(t *testing.T) {
 	cc.Image, mc.Image = "", ""
 	cc.Args, mc.Args = dropImageTags(cc.Args), dropImageTags(mc.Args)
 	if !reflect.DeepEqual(cc, mc) {
-		t.Errorf("manager containers differ\n chart:        %+v\n install.yaml: %+v", cc, mc)
+		t.Errorf("manager containers differ (- chart, + install.yaml):\n%s", diff.Diff(cc, mc))
 	}
 	cp, mp := cd.Spec.Template.Spec, md.Spec.Template.Spec
 	cp.Containers, mp.Containers = nil, nil
 	if !reflect.DeepEqual(cp, mp) {
-		t.Errorf("manager pod specs differ\n chart:        %+v\n install.yaml: %+v", cp, mp)
+		t.Errorf("manager pod specs differ (- chart, + install.yaml):\n%s", diff.Diff(cp, mp))
 	}
 }
 

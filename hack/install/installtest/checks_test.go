@@ -3,6 +3,7 @@
 package installtest
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -28,7 +29,7 @@ type deploymentWant struct {
 func checkDeployment(t *testing.T, d *appsv1.Deployment, want deploymentWant) {
 	t.Helper()
 	if d.Spec.Replicas == nil || *d.Spec.Replicas != want.replicas {
-		t.Errorf("replicas = %v, want %d", d.Spec.Replicas, want.replicas)
+		t.Errorf("replicas = %s, want %d", deref(d.Spec.Replicas), want.replicas)
 	}
 	if ru := d.Spec.Strategy.RollingUpdate; ru == nil || ru.MaxUnavailable == nil || ru.MaxUnavailable.IntValue() != 0 {
 		t.Errorf("rolling update must keep every webhook replica serving (maxUnavailable 0), got %+v", d.Spec.Strategy)
@@ -143,7 +144,7 @@ func checkWebhook(t *testing.T, w *admissionv1.MutatingWebhookConfiguration, fai
 	}
 	h := w.Webhooks[0]
 	if h.FailurePolicy == nil || *h.FailurePolicy != failurePolicy {
-		t.Errorf("failurePolicy %v, want %s", h.FailurePolicy, failurePolicy)
+		t.Errorf("failurePolicy %s, want %s", deref(h.FailurePolicy), failurePolicy)
 	}
 	if len(h.MatchConditions) != 1 || !strings.Contains(h.MatchConditions[0].Expression, "'falguard.dev/inject' in object.metadata.annotations") ||
 		!strings.Contains(h.MatchConditions[0].Expression, "has(object.metadata.annotations)") {
@@ -154,10 +155,10 @@ func checkWebhook(t *testing.T, w *admissionv1.MutatingWebhookConfiguration, fai
 		t.Errorf("rules %+v: want pods, CREATE only", h.Rules)
 	}
 	if h.SideEffects == nil || *h.SideEffects != admissionv1.SideEffectClassNone {
-		t.Errorf("sideEffects %v, want None", h.SideEffects)
+		t.Errorf("sideEffects %s, want None", deref(h.SideEffects))
 	}
 	if h.ReinvocationPolicy == nil || *h.ReinvocationPolicy != admissionv1.IfNeededReinvocationPolicy {
-		t.Errorf("reinvocationPolicy %v, want IfNeeded", h.ReinvocationPolicy)
+		t.Errorf("reinvocationPolicy %s, want IfNeeded", deref(h.ReinvocationPolicy))
 	}
 	sel, err := metav1.LabelSelectorAsSelector(h.NamespaceSelector)
 	if err != nil {
@@ -172,4 +173,12 @@ func checkWebhook(t *testing.T, w *admissionv1.MutatingWebhookConfiguration, fai
 		h.ClientConfig.Service.Path == nil || *h.ClientConfig.Service.Path != "/mutate-v1-pod" {
 		t.Errorf("clientConfig %+v: want Service %s/%s path /mutate-v1-pod", h.ClientConfig, ns, service)
 	}
+}
+
+// deref shows a pointer's value, or "<unset>".
+func deref[T any](p *T) string {
+	if p == nil {
+		return "<unset>"
+	}
+	return fmt.Sprint(*p)
 }

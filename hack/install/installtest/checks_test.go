@@ -13,6 +13,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/falguard/falguard/controllers/podwebhook"
 )
 
 // deploymentWant is what an install must produce for the manager.
@@ -170,8 +172,8 @@ func checkWebhook(t *testing.T, w *admissionv1.MutatingWebhookConfiguration, fai
 		}
 	}
 	if h.ClientConfig.Service == nil || h.ClientConfig.Service.Name != service || h.ClientConfig.Service.Namespace != ns ||
-		h.ClientConfig.Service.Path == nil || *h.ClientConfig.Service.Path != "/mutate-v1-pod" {
-		t.Errorf("clientConfig %+v: want Service %s/%s path /mutate-v1-pod", h.ClientConfig, ns, service)
+		h.ClientConfig.Service.Path == nil || *h.ClientConfig.Service.Path != podwebhook.Path {
+		t.Errorf("clientConfig %+v: want Service %s/%s path %s (where the manager serves the webhook)", h.ClientConfig, ns, service, podwebhook.Path)
 	}
 }
 

@@ -250,6 +250,11 @@ func (r *FalCredentialReconciler) sync(ctx context.Context, rn *run) error {
 		}
 	}
 
+	if rot == nil && rn.d.Source == falguardv1alpha1.KeySourceOperator && rn.key != "" && rn.d.KeyID != rn.keyID {
+		// Without spec.rotation there is no admin key to delete them with.
+		r.event(fc, corev1.EventTypeWarning, ReasonKeyAbandoned, "Publish", "spec.rotation was removed: operator-created key %s (and previous key %q) are left alive at fal; delete them in fal's dashboard if unused", rn.d.KeyID, rn.d.PreviousKeyID)
+		rn.d.PreviousKeyID, rn.d.PreviousRevokeAt = "", time.Time{}
+	}
 	if rot != nil {
 		if err := r.syncRotation(ctx, rn); err != nil {
 			return err
@@ -470,6 +475,10 @@ func (r *FalCredentialReconciler) finishStatus(ctx context.Context, rn *run) err
 	switch {
 	case rn.key == "":
 		why, msg := rn.noKeyWhy, rn.noKeyMsg
+		if rc := meta.FindStatusCondition(st.Conditions, falguardv1alpha1.ConditionRotation); why == "" && rc != nil && rc.Status == metav1.ConditionFalse {
+			// backing off after a failed rotation: keep saying why
+			why, msg = rc.Reason, "no key yet: "+rc.Message
+		}
 		if why == "" {
 			why, msg = ReasonNoKey, "no key yet"
 		}

@@ -657,3 +657,31 @@ func scaleRun(t *testing.T, n int) {
 		t.Fatalf("%d verification calls for %d credentials, want exactly one each", tokens, n)
 	}
 }
+
+func TestRotationFailureBackoff(t *testing.T) {
+	needEnv(t)
+	ns := newNamespace(t, "rotfail")
+	failuresBefore := testutil.ToFloat64(rotationsTotal.WithLabelValues("failure"))
+	calls500Before := testutil.ToFloat64(falAPICallsTotal.WithLabelValues(falapi.EndpointKeysCreate, "500"))
+	fal.SetFault(fakefal.Fault{Host: fakefal.HostAPI, PathPrefix: "/v1/keys", Status: 500, Times: 3})
+	create(t, adminSecret(ns), rotatingCred(ns, "c", time.Second))
+	startManager(t, ns, nil)
+
+	fc := waitCond(t, ns, "c", falguardv1alpha1.ConditionReady, metav1.ConditionFalse, ReasonRotationFailed)
+	if err := condIs(fc, falguardv1alpha1.ConditionRotation, metav1.ConditionFalse, ""); err != nil {
+		t.Fatal(err)
+	}
+	fc = waitCond(t, ns, "c", falguardv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonPublished)
+	if live := liveOperatorKeys(ns, "c"); len(live) != 1 || live[0].KeyID != fc.Status.KeyID || fc.Status.PendingKeyAlias != "" {
+		t.Fatalf("after recovering from fal errors: live %+v, status %+v", live, fc.Status)
+	}
+	if d := testutil.ToFloat64(rotationsTotal.WithLabelValues("failure")) - failuresBefore; d < 1 {
+		t.Fatal("falguard_rotations_total{result=failure} did not grow")
+	}
+	if d := testutil.ToFloat64(falAPICallsTotal.WithLabelValues(falapi.EndpointKeysCreate, "500")) - calls500Before; d < 1 {
+		t.Fatal("falguard_fal_api_calls_total{endpoint=keys_create,status=500} did not grow")
+	}
+	if _, ok := eventReasons(t, ns, "c")[ReasonRotationFailed]; !ok {
+		t.Fatal("no RotationFailed event")
+	}
+}

@@ -44,6 +44,7 @@ const (
 	ReasonOrphanKeyDeleted = "OrphanKeyDeleted"
 	ReasonKeyLost          = "OperatorKeyLost"
 	ReasonRevokeSkipped    = "RevokeSkipped"
+	ReasonKeyAbandoned     = "OperatorKeyAbandoned"
 )
 
 // setCond sets a condition with the object's generation; true when it changed.

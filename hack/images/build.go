@@ -147,7 +147,7 @@ func WriteOCIArchive(path string, img v1.Image, ref string) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
+	defer func() { _ = os.RemoveAll(dir) }()
 	lp, err := layout.Write(dir, empty.Index)
 	if err != nil {
 		return fmt.Errorf("oci layout: %w", err)
@@ -181,7 +181,7 @@ func tarDir(dir, dst string) error {
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp)
+	defer func() { _ = os.Remove(tmp) }() // gone already after the rename
 	tw := tar.NewWriter(f)
 	for _, p := range paths {
 		info, err := os.Stat(p)
@@ -206,13 +206,13 @@ func tarDir(dir, dst string) error {
 			return err
 		}
 		_, err = io.Copy(tw, src)
-		src.Close()
+		_ = src.Close() // read-only: nothing to lose
 		if err != nil {
 			return fmt.Errorf("packing %s: %w", rel, err)
 		}
 	}
 	if err := tw.Close(); err != nil {
-		f.Close()
+		_ = f.Close()
 		return err
 	}
 	if err := f.Close(); err != nil {

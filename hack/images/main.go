@@ -9,6 +9,7 @@ package main
 
 import (
 	"archive/tar"
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -116,9 +117,14 @@ func goBuild(root, pkg, arch, version string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	tmp.Close()
-	defer os.Remove(tmp.Name())
-	cmd := exec.Command("go", "build", "-trimpath",
+	if err := tmp.Close(); err != nil {
+		return nil, err
+	}
+	defer func() { _ = os.Remove(tmp.Name()) }()
+	// Bounded: a cold build of the manager takes minutes on 2 cores, never an hour.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath",
 		"-ldflags", "-s -w -X main.version="+version, "-o", tmp.Name(), pkg)
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+arch)
@@ -181,7 +187,7 @@ func ReadOCIArchive(path string) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	tr := tar.NewReader(f)
 	for {
 		h, err := tr.Next()
@@ -210,7 +216,9 @@ func ReadOCIArchive(path string) (v1.Image, error) {
 				return nil, err
 			}
 			_, err = io.Copy(w, tr)
-			w.Close()
+			if cerr := w.Close(); err == nil {
+				err = cerr
+			}
 			if err != nil {
 				return nil, err
 			}

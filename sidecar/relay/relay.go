@@ -110,7 +110,20 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	q.Del("fal_jwt_token") // the sidecar's token, never the app's
 
-	up, resp, err := rl.dial(r, snap, alias, endpoint, q)
+	// Dial on a short-lived goroutine: the TLS handshake's deep stack then
+	// goes away with it instead of staying with this long-lived one.
+	type dialed struct {
+		up   *websocket.Conn
+		resp *http.Response
+		err  error
+	}
+	dc := make(chan dialed, 1)
+	go func() {
+		up, resp, err := rl.dial(r, snap, alias, endpoint, q)
+		dc <- dialed{up, resp, err}
+	}()
+	d := <-dc
+	up, resp, err := d.up, d.resp, d.err
 	if err != nil {
 		rl.Metrics.AppErrors.WithLabelValues(app).Inc()
 		rl.writeDialError(w, r, resp, err, snap)
@@ -121,7 +134,8 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		hdr = http.Header{"Sec-Websocket-Protocol": {p}}
 	}
 	upg := websocket.Upgrader{
-		ReadBufferSize:  4 << 10,
+		// 0: reuse net/http's 4 KiB read buffer instead of a second one.
+		ReadBufferSize:  0,
 		WriteBufferSize: 4 << 10,
 		WriteBufferPool: rl.BufferPool,
 		CheckOrigin:     func(*http.Request) bool { return true }, // checked above against the policy

@@ -69,7 +69,9 @@ func (r *Resolver) WSURL(host, path, rawQuery string) string {
 
 // TLSConfig trusts the system roots plus caFile (PEM) if given.
 func TLSConfig(caFile string) (*tls.Config, error) {
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	// Session resumption: many relays to one host skip the full handshake
+	// (and re-parsing fal's certificate chain) after the first.
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ClientSessionCache: tls.NewLRUClientSessionCache(64)}
 	if caFile == "" {
 		return cfg, nil
 	}
@@ -96,7 +98,7 @@ func NewTransport(tlsCfg *tls.Config) *http.Transport {
 	return &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
 		DialContext:           dialer.DialContext,
-		TLSClientConfig:       tlsCfg.Clone(),
+		TLSClientConfig:       tlsCfg.Clone(), // Clone shares the session cache
 		ForceAttemptHTTP2:     true,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ExpectContinueTimeout: time.Second,

@@ -149,6 +149,9 @@ func (h *Handler) ServeProxy(w http.ResponseWriter, r *http.Request) {
 	h.Metrics.UpstreamLatency.WithLabelValues(t.Host).Observe(time.Since(start).Seconds())
 	if err != nil {
 		h.appError(t)
+		if r.Context().Err() == nil {
+			h.Log.Warn("upstream request failed", "host", t.Host, "error", redact.String(err.Error(), snap.Secret()))
+		}
 		switch {
 		case cb != nil && cb.left < 0:
 			tooLarge(w, limit)

@@ -113,6 +113,7 @@ func (h *Handler) token(ctx context.Context, w http.ResponseWriter, snap *creden
 	if ctx.Err() != nil {
 		return tok, false
 	}
+	h.Log.Warn("no realtime token", "alias", alias, "error", strings.ReplaceAll(err.Error(), snap.Secret(), "***"))
 	WriteTokenError(w, err, snap.Secret())
 	return tok, false
 }

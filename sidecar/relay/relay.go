@@ -126,6 +126,13 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	up, resp, err := d.up, d.resp, d.err
 	if err != nil {
 		rl.Metrics.AppErrors.WithLabelValues(app).Inc()
+		if r.Context().Err() == nil {
+			status := 0
+			if resp != nil {
+				status = resp.StatusCode
+			}
+			rl.Log.Warn("realtime dial failed", "app", app, "status", status, "error", strings.ReplaceAll(err.Error(), snap.Secret(), "***"))
+		}
 		rl.writeDialError(w, r, resp, err, snap)
 		return
 	}

@@ -353,3 +353,24 @@ func TestOpsEndpointsQuitAndCap(t *testing.T) {
 		t.Fatal("quitquitquit did not stop the sidecar")
 	}
 }
+
+func TestAppQuitquitquitForLegacyJobs(t *testing.T) {
+	h := start(t, withCfg(func(c *server.Config) { c.MinShutdownDelay = time.Minute }))
+	if st := h.status(h.base + "/quitquitquit"); st != http.StatusMethodNotAllowed {
+		t.Fatalf("GET /quitquitquit: %d", st)
+	}
+	r, err := http.Post(h.base+"/quitquitquit", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Body.Close()
+	select {
+	case err := <-h.done: // well before the one-minute min delay
+		if err != nil || r.StatusCode != 200 {
+			t.Fatalf("quit: %d %v", r.StatusCode, err)
+		}
+		h.done <- nil
+	case <-time.After(10 * time.Second):
+		t.Fatal("POST /quitquitquit did not stop the sidecar")
+	}
+}

@@ -155,6 +155,10 @@ func New(cfg Config) (*Server, error) {
 			apierr.Write(w, http.StatusMethodNotAllowed, apierr.CodeMethodNotAllowed, "use POST /quitquitquit")
 			return
 		}
+		if !ops.FromLoopback(r) { // matters only with --allow-non-loopback
+			apierr.Write(w, http.StatusForbidden, apierr.CodeHostNotLoopback, "quitquitquit is accepted only from inside the pod (127.0.0.1)")
+			return
+		}
 		s.Quit()
 		w.WriteHeader(http.StatusOK)
 		_, _ = w.Write([]byte("shutting down\n"))

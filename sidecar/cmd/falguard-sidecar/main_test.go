@@ -68,6 +68,10 @@ func TestRefusesNonLoopbackListen(t *testing.T) {
 	if code := run(context.Background(), []string{"bogus"}, func(string) string { return "" }, io.Discard, io.Discard); code != 2 {
 		t.Fatalf("unknown command: exit %d", code)
 	}
+	var waitErr bytes.Buffer
+	if code := run(context.Background(), []string{"wait", "--ops-listen", freePort(t), "--timeout", "300ms"}, func(string) string { return "" }, io.Discard, &waitErr); code != 1 || !strings.Contains(waitErr.String(), "not ready") {
+		t.Fatalf("wait with nothing listening: exit %d %s", code, waitErr.String())
+	}
 }
 
 // TestStandaloneFromEnv runs the command configured only through FALGUARD_*

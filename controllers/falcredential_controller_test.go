@@ -625,7 +625,11 @@ func scaleRun(t *testing.T, n int) {
 	ns := newNamespace(t, fmt.Sprintf("scale%d", n))
 	tokensBefore := fal.CountCalls(fakefal.HostRest, "/tokens/")
 	m := startManager(t, ns, func(r *FalCredentialReconciler, _ context.CancelFunc) {
-		r.BackoffBase, r.BackoffMax = 0, 0 // production defaults
+		r.BackoffBase, r.BackoffMax = 0, 0                         // production defaults
+		if v := os.Getenv("FALGUARD_SCALE_VERIFY_RATE"); v != "" { // e.g. 1000 to see the controller's own pace
+			fmt.Sscan(v, &r.VerifyRate)
+			r.VerifyBurst = int(r.VerifyRate)
+		}
 	})
 	start := time.Now()
 	for i := 0; i < n; i++ {

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,7 +21,12 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
+	admissionv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
 	authzv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 )
 
 // cluster is one envtest API server (etcd + kube-apiserver, no controllers,
@@ -36,6 +42,12 @@ func startCluster(t *testing.T) *cluster {
 		t.Fatal("KUBEBUILDER_ASSETS is not set: run this suite with 'make test-install'")
 	}
 	env := &envtest.Environment{}
+	// Resolve webhook Services through their Endpoints, as aggregated APIs
+	// are with this flag: there are none here (no kubelet, no manager), so a
+	// webhook call fails inside the API server. Without it the API server
+	// dials falguard-webhook-service.falguard-system.svc through DNS, which
+	// must not leave this machine.
+	env.ControlPlane.GetAPIServer().Configure().Set("enable-aggregator-routing", "true")
 	cfg, err := env.Start()
 	if err != nil {
 		t.Fatalf("starting envtest: %v", err)
@@ -244,3 +256,78 @@ func (k *cluster) get(t *testing.T, apiVersion, kind, ns, name string) *unstruct
 }
 
 func encodeB64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+// dryRunPod asks the API server to admit a pod (dry run: admission runs,
+// webhooks included, nothing is stored) and returns its verdict.
+func (k *cluster) dryRunPod(t *testing.T, ns string, annotations map[string]string, spec corev1.PodSpec) error {
+	t.Helper()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{GenerateName: "installtest-", Namespace: ns, Annotations: annotations},
+		Spec:       spec,
+	}
+	return k.c.Create(ctx(t), pod, client.DryRunAll)
+}
+
+func (k *cluster) ensureNamespace(t *testing.T, name string, labels map[string]string) {
+	t.Helper()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	if _, err := controllerutil.CreateOrUpdate(ctx(t), k.c, ns, func() error {
+		if ns.Labels == nil {
+			ns.Labels = map[string]string{}
+		}
+		for key, v := range labels {
+			ns.Labels[key] = v
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// appPod is a minimal pod that passes the restricted Pod Security Standard.
+func appPod() corev1.PodSpec {
+	no, yes := false, true
+	return corev1.PodSpec{Containers: []corev1.Container{{
+		Name: "app", Image: "registry.example/app:1",
+		SecurityContext: &corev1.SecurityContext{
+			AllowPrivilegeEscalation: &no, RunAsNonRoot: &yes,
+			Capabilities:   &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		},
+	}}}
+}
+
+// checkAdmission: with the manager down (envtest runs no pods), the webhook
+// configuration decides what happens to pods. Pods without the annotation are
+// never sent to the webhook (matchConditions); annotated pods are refused
+// under failurePolicy Fail and admitted under Ignore. The manager's own pod
+// passes the restricted Pod Security Standard.
+func (k *cluster) checkAdmission(t *testing.T, d *appsv1.Deployment, failurePolicy admissionv1.FailurePolicyType) {
+	t.Helper()
+	k.ensureNamespace(t, namespace, map[string]string{"pod-security.kubernetes.io/enforce": "restricted"})
+	bare := corev1.PodSpec{Containers: []corev1.Container{{Name: "bare", Image: "registry.example/bare:1"}}}
+	if err := k.dryRunPod(t, namespace, nil, bare); err == nil || !strings.Contains(err.Error(), `violates PodSecurity "restricted`) {
+		t.Fatalf("PodSecurity admission does not enforce here (a bare pod got %v), so the next check would prove nothing", err)
+	}
+	if err := k.dryRunPod(t, namespace, d.Spec.Template.Annotations, d.Spec.Template.Spec); err != nil {
+		t.Errorf("the manager's pod is not admitted in a namespace enforcing the restricted Pod Security Standard: %v", err)
+	}
+	k.ensureNamespace(t, "shop", nil)
+	if err := k.dryRunPod(t, "shop", nil, appPod()); err != nil {
+		t.Errorf("a pod that did not ask for falguard was refused while the manager is down: %v", err)
+	}
+	err := k.dryRunPod(t, "shop", map[string]string{"falguard.dev/inject": "realtime"}, appPod())
+	switch failurePolicy {
+	case admissionv1.Fail:
+		if err == nil || !strings.Contains(err.Error(), `failed calling webhook "inject.falguard.dev"`) {
+			t.Errorf("an annotated pod was admitted without the webhook under failurePolicy Fail (err %v)", err)
+		}
+	case admissionv1.Ignore:
+		if err != nil {
+			t.Errorf("an annotated pod was refused under failurePolicy Ignore: %v", err)
+		}
+	}
+	if err := k.dryRunPod(t, "kube-system", map[string]string{"falguard.dev/inject": "realtime"}, appPod()); err != nil {
+		t.Errorf("an annotated pod in kube-system reached the webhook: %v", err)
+	}
+}

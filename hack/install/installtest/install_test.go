@@ -55,6 +55,7 @@ func TestKubectlApplyInstall(t *testing.T) {
 		}
 	}
 	k.checkManagerRBAC(t, namespace, "falguard-controller-manager")
+	k.checkAdmission(t, d, admissionv1.Fail)
 	k.createFalCredential(t, "shop", "realtime")
 
 	// Re-applying after the manager wrote its caBundle keeps the caBundle:
@@ -89,6 +90,7 @@ func TestHelmLifecycle(t *testing.T) {
 		sidecarImage: "ghcr.io/falguard/falguard-sidecar:",
 	})
 	k.checkManagerRBAC(t, namespace, "falguard-controller-manager")
+	k.checkAdmission(t, d, admissionv1.Fail)
 	// The live ClusterRole carries exactly the rules generated from markers.
 	live := as[rbacv1.ClusterRole](t, k.get(t, "rbac.authorization.k8s.io/v1", "ClusterRole", "", "falguard-manager-role"))
 	generated := as[rbacv1.ClusterRole](t, installYAML(t).find("ClusterRole", "falguard-manager-role"))
@@ -115,6 +117,7 @@ func TestHelmLifecycle(t *testing.T) {
 	if *d.Spec.Replicas != 3 {
 		t.Errorf("replicas after upgrade = %d, want 3", *d.Spec.Replicas)
 	}
+	k.checkAdmission(t, d, admissionv1.Ignore)
 
 	// Uninstall removes every object of the release; the CRD, the
 	// FalCredentials and the namespace (Helm never deletes it) stay, as the

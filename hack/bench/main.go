@@ -16,6 +16,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -33,6 +35,7 @@ type counts struct {
 	sessions                   int
 	sessionDur                 time.Duration
 	tokenReqs, tokenCallers    int
+	tokenSerial                int
 	startTrials, reloadTrials  int
 }
 
@@ -40,7 +43,7 @@ var fullCounts = counts{
 	rounds: 3, warmup: 500, proxyDur: 4 * time.Second, sseStreams: 30,
 	relayMsgs1K: 1000, relayMsgs256K: 150, relayTput1K: 4000, relayTput256K: 400,
 	sessions: 500, sessionDur: 10 * time.Second,
-	tokenReqs: 10000, tokenCallers: 200,
+	tokenReqs: 10000, tokenCallers: 200, tokenSerial: 2000,
 	startTrials: 20, reloadTrials: 6,
 }
 
@@ -48,7 +51,7 @@ var quickCounts = counts{
 	rounds: 1, warmup: 20, proxyDur: 300 * time.Millisecond, sseStreams: 3,
 	relayMsgs1K: 30, relayMsgs256K: 5, relayTput1K: 50, relayTput256K: 10,
 	sessions: 20, sessionDur: time.Second,
-	tokenReqs: 200, tokenCallers: 20,
+	tokenReqs: 200, tokenCallers: 20, tokenSerial: 20,
 	startTrials: 2, reloadTrials: 1,
 }
 
@@ -60,8 +63,14 @@ type config struct {
 	nginxBin    string
 	officialDir string
 	distDir     string
+	only        map[string]bool // workloads to run; empty = all
 	counts      counts
 }
+
+// workloads, as -only names them.
+var workloadNames = []string{"proxy", "sse", "relay", "sessions", "tokens", "alone"}
+
+func (c config) runs(w string) bool { return len(c.only) == 0 || c.only[w] }
 
 func main() {
 	var cfg config
@@ -72,7 +81,18 @@ func main() {
 	flag.StringVar(&cfg.nginxBin, "nginx", "nginx", "nginx binary")
 	flag.StringVar(&cfg.officialDir, "official-dir", "hack/bench/officialproxy", "the official proxy launcher (npm ci done)")
 	flag.StringVar(&cfg.distDir, "dist", "dist", "where a built sidecar image archive may be")
+	only := flag.String("only", "", "comma-separated workloads to run ("+strings.Join(workloadNames, ",")+"); default all (for profiling one)")
 	flag.Parse()
+	if *only != "" {
+		cfg.only = map[string]bool{}
+		for _, w := range strings.Split(*only, ",") {
+			if !slices.Contains(workloadNames, w) {
+				fmt.Fprintf(os.Stderr, "bench: -only %q: unknown workload %q, want some of %s\n", *only, w, strings.Join(workloadNames, ","))
+				os.Exit(2)
+			}
+			cfg.only[w] = true
+		}
+	}
 	log.SetFlags(log.Ltime)
 	log.SetPrefix("bench: ")
 	cfg.counts = fullCounts
@@ -132,28 +152,25 @@ func run(ctx context.Context, cfg config) (err error) {
 	all := []string{peerDirect, peerNginx, peerOfficial, peerSidecar}
 	relayPeers := []string{peerDirect, peerNginx, peerSidecar} // the official proxy relays no WebSocket
 
-	log.Printf("1/5 proxy (%d rounds)", cfg.counts.rounds)
-	if rep.proxy, err = e.runProxy(ctx, all); err != nil {
-		return fmt.Errorf("proxy workload: %w", err)
+	steps := []struct {
+		name string
+		run  func() error
+	}{
+		{"proxy", func() (err error) { rep.proxy, err = e.runProxy(ctx, all); return err }},
+		{"sse", func() (err error) { rep.sse, err = e.runSSE(ctx, all); return err }},
+		{"relay", func() (err error) { rep.relay, err = e.runRelay(ctx, relayPeers); return err }},
+		{"sessions", func() (err error) { rep.sessions, err = e.runSessions(ctx, relayPeers); return err }},
+		{"tokens", func() (err error) { rep.tokens, err = e.runTokens(ctx, all); return err }},
+		{"alone", func() (err error) { rep.alone, err = e.runSidecarAlone(ctx); return err }},
 	}
-	log.Printf("2/5 SSE")
-	if rep.sse, err = e.runSSE(ctx, all); err != nil {
-		return fmt.Errorf("SSE workload: %w", err)
-	}
-	log.Printf("3/5 realtime relay")
-	if rep.relay, err = e.runRelay(ctx, relayPeers); err != nil {
-		return fmt.Errorf("realtime relay workload: %w", err)
-	}
-	if rep.sessions, err = e.runSessions(ctx, relayPeers); err != nil {
-		return fmt.Errorf("realtime sessions workload: %w", err)
-	}
-	log.Printf("4/5 tokens")
-	if rep.tokens, err = e.runTokens(ctx, all); err != nil {
-		return fmt.Errorf("tokens workload: %w", err)
-	}
-	log.Printf("5/5 sidecar alone")
-	if rep.alone, err = e.runSidecarAlone(ctx); err != nil {
-		return fmt.Errorf("sidecar-alone workload: %w", err)
+	for i, st := range steps {
+		if !cfg.runs(st.name) {
+			continue
+		}
+		log.Printf("%d/%d %s", i+1, len(steps), st.name)
+		if err := st.run(); err != nil {
+			return fmt.Errorf("%s workload: %w", st.name, err)
+		}
 	}
 	rep.took = time.Since(started)
 

@@ -343,6 +343,10 @@ func portOf(rawURL string) string {
 // (the Kubernetes layout) or, by default, from the environment.
 type sidecarOpts struct {
 	credsDir string
+	// noCA leaves out --upstream-ca-file, as in production: the flag makes
+	// the sidecar load the system roots eagerly (to add fakefal's CA to
+	// them), which production does only at its first upstream TLS handshake.
+	noCA bool
 }
 
 type sidecarInfo struct {
@@ -353,7 +357,9 @@ func (e *env) sidecarArgs(port, opsPort int, o sidecarOpts) ([]string, []string)
 	args := []string{"run",
 		"--listen", fmt.Sprintf("127.0.0.1:%d", port),
 		"--ops-listen", fmt.Sprintf("127.0.0.1:%d", opsPort),
-		"--upstream-ca-file", e.ff.CAFile(),
+	}
+	if !o.noCA {
+		args = append(args, "--upstream-ca-file", e.ff.CAFile())
 	}
 	for _, o := range e.ff.Overrides() {
 		args = append(args, "--upstream-override", o)

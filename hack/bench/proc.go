@@ -128,6 +128,14 @@ func (p *proc) stop() {
 			case <-time.After(3 * time.Second):
 			}
 		}
+		// BENCH_LOG_DIR keeps each process's output tail, for debugging a peer.
+		if dir := os.Getenv("BENCH_LOG_DIR"); dir != "" {
+			f := filepath.Join(dir, strings.NewReplacer(" ", "_", "(", "", ")", "").Replace(p.name)+".log")
+			if lf, err := os.OpenFile(f, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err == nil {
+				fmt.Fprintf(lf, "==== pid %d\n%s\n", pgid, p.out.String())
+				lf.Close()
+			}
+		}
 		// Children that outlived the leader (none expected) go too.
 		_ = syscall.Kill(-pgid, syscall.SIGKILL)
 		running.mu.Lock()

@@ -18,7 +18,8 @@ const benchKey2 = "benchkid2:benchsecret2"
 // sidecarAlone holds the figures of the sidecar on its own.
 type sidecarAlone struct {
 	startup       []time.Duration
-	idleRSSKiB    int64 // ready, no traffic yet
+	idleRSSKiB    int64 // ready, no traffic yet, production flags (no --upstream-ca-file)
+	idleCARSSKiB  int64 // ready, no traffic, with --upstream-ca-file (system roots loaded eagerly)
 	warmRSSKiB    int64 // after one proxied request and one token
 	binaryBytes   int64
 	imageBytes    int64 // 0 when dist/ holds no image
@@ -106,14 +107,23 @@ func (e *env) runSidecarAlone(ctx context.Context) (*sidecarAlone, error) {
 	}
 	probe.CloseIdleConnections()
 
-	// Idle RSS, then RSS after the first request and token.
+	// Idle RSS as in production (no extra CA: it never sends a request here).
+	idle, _, err := e.startSidecar(ctx, sidecarOpts{credsDir: creds, noCA: true})
+	if err != nil {
+		return nil, err
+	}
+	time.Sleep(time.Second)
+	res.idleRSSKiB = memKiB(idle.pid(), "VmRSS")
+	idle.stop()
+
+	// With fakefal's CA: idle, then after the first request and token.
 	ep, _, err := e.startSidecar(ctx, sidecarOpts{credsDir: creds})
 	if err != nil {
 		return nil, err
 	}
 	defer ep.stop()
 	time.Sleep(time.Second)
-	res.idleRSSKiB = memKiB(ep.pid(), "VmRSS")
+	res.idleCARSSKiB = memKiB(ep.pid(), "VmRSS")
 	if err := do(ep.client, ep.run("/"+benchApp, jsonBody(1024, ""))); err != nil {
 		return nil, fmt.Errorf("first request through the sidecar: %w", err)
 	}

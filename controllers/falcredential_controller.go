@@ -221,12 +221,19 @@ func (r *FalCredentialReconciler) sync(ctx context.Context, rn *run) error {
 		rn.noKeyWhy, rn.noKeyMsg = ReasonSecretConflict, fmt.Sprintf("Secret %s already exists and is not managed by falguard: rename or delete it", rn.sec.Name)
 		return nil
 	}
-	rn.d = durableFrom(rn.sec, &fc.Status)
+	// A managed Secret left by an earlier FalCredential of the same name (not
+	// yet garbage collected) is taken over, but its record is not ours.
+	owned := rn.sec != nil && ownedBy(rn.sec, fc.UID)
+	if owned {
+		rn.d = durableFrom(rn.sec, &fc.Status)
+	} else {
+		rn.d = durableFrom(nil, &fc.Status)
+	}
 	rot := fc.Spec.Rotation
 
 	// The key to publish: an operator-created key (kept only in the managed
 	// Secret) while rotation owns the lifecycle, else the user's Secret.
-	if rot != nil && rn.d.Source == falguardv1alpha1.KeySourceOperator && rn.sec != nil {
+	if rot != nil && rn.d.Source == falguardv1alpha1.KeySourceOperator && owned {
 		raw := string(rn.sec.Data["key"])
 		if id, _, err := falapi.ParseKey(raw); err == nil && id == rn.d.KeyID {
 			rn.setKey(strings.TrimSpace(raw), id, falguardv1alpha1.KeySourceOperator)

@@ -19,6 +19,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -735,6 +736,53 @@ func (e *Env) Close() {
 			_ = os.RemoveAll(e.RunDir)
 		}
 	})
+}
+
+// Leftovers lists what is still alive after Close: processes that did not
+// exit and loopback ports of the system that still accept connections. Empty
+// means the machine is as clean as before Start.
+func (e *Env) Leftovers() []string {
+	var out []string
+	for _, p := range e.Procs.All() {
+		if done, _ := p.Exited(); !done {
+			out = append(out, fmt.Sprintf("process %s (pid %d) still running", p.Name, p.Pid()))
+		}
+	}
+	addrs := []string{}
+	if e.REST != nil {
+		if u, err := url.Parse(e.REST.Host); err == nil {
+			addrs = append(addrs, u.Host)
+		}
+	}
+	for _, port := range []int{e.WebhookPort, e.ManagerProbePort, e.ManagerMetricsPort} {
+		if port != 0 {
+			addrs = append(addrs, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		}
+	}
+	e.podsMu.Lock()
+	for _, rp := range e.pods {
+		if port := rp.Pod.Annotations[annotationProxyPort]; port != "" {
+			addrs = append(addrs, net.JoinHostPort(PodIP, port))
+		}
+		for _, c := range rp.Pod.Spec.InitContainers {
+			for _, p := range c.Ports {
+				addrs = append(addrs, net.JoinHostPort(PodIP, strconv.Itoa(int(p.ContainerPort))))
+			}
+		}
+	}
+	e.podsMu.Unlock()
+	for _, a := range addrs {
+		if c, err := net.DialTimeout("tcp", a, 500*time.Millisecond); err == nil {
+			c.Close()
+			out = append(out, "something still listens on "+a)
+		}
+	}
+	if !e.keepRunDir {
+		if _, err := os.Stat(e.RunDir); err == nil {
+			out = append(out, "run directory "+e.RunDir+" still exists")
+		}
+	}
+	return out
 }
 
 func relTo(root, p string) string {

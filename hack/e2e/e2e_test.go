@@ -1,10 +1,5 @@
 //go:build e2e
 
-// Package e2e is falguard's end-to-end suite (`make e2e`, part of `make
-// test`): the demo harness (hack/demo) with the real manager binary, the
-// envtest control plane, fakefal, an emulated kubelet and fal's official JS
-// client, driven through one story with assertions at every step. It is
-// behind the e2e build tag so `go test ./...` does not run it a second time.
 package e2e
 
 import (
@@ -68,6 +63,10 @@ func TestEndToEnd(t *testing.T) {
 			env.DumpLogs(os.Stderr)
 		}
 		env.Close()
+		// Cleaning up is part of the contract, failed run or not.
+		for _, l := range env.Leftovers() {
+			t.Errorf("after cleanup: %s", l)
+		}
 	})
 	s := &suite{t: t, ctx: ctx, env: env, userKey0: demo.NewKey("user0"), userKey1: demo.NewKey("user1")}
 	env.Fal.AddKey(s.userKey0)

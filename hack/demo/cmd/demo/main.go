@@ -47,7 +47,12 @@ func run() int {
 	if err != nil {
 		return fail(ctx, nil, err)
 	}
-	defer env.Close()
+	defer func() {
+		env.Close()
+		for _, l := range env.Leftovers() {
+			fmt.Fprintf(os.Stderr, "warning: after cleanup, %s\n", l)
+		}
+	}()
 	startedIn := time.Since(began)
 
 	res, err := demo.RunDemo(ctx, env, *grace)

@@ -1,22 +1,24 @@
 {{/*
 Full name prefix of every resource. A release named "falguard" (or anything
 containing it) gives "falguard", so names match the kubectl-apply manifests.
+At most 28 characters, so the longest name built on it,
+"<prefix>-controller-manager-metrics-service", fits a Service's 63.
 */}}
 {{- define "falguard.fullname" -}}
 {{- if .Values.fullnameOverride -}}
-{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- .Values.fullnameOverride | trunc 28 | trimSuffix "-" -}}
 {{- else -}}
 {{- $name := default .Chart.Name .Values.nameOverride -}}
 {{- if contains $name .Release.Name -}}
-{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- .Release.Name | trunc 28 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 28 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
 
 {{- define "falguard.name" -}}
-{{- default .Chart.Name .Values.nameOverride | trunc 40 | trimSuffix "-" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 28 | trimSuffix "-" -}}
 {{- end -}}
 
 {{/* Labels on every object. */}}

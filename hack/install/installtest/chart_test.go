@@ -347,3 +347,24 @@ func TestServicesSelectTheManager(t *testing.T) {
 		}
 	}
 }
+
+// TestTemplateLongReleaseName: Helm allows 53-character release names; every
+// object name must still be valid (Services and labels: 63 characters).
+func TestTemplateLongReleaseName(t *testing.T) {
+	long := "payments-platform-production-eu-west-1-falguard-abcd" // 52 characters
+	out := helm(t, "", "template", long, chartDir, "--namespace", namespace)
+	objs, err := parseYAML([]byte(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range objs {
+		if n := len(u.GetName()); n > 63 {
+			t.Errorf("%s: name is %d characters, more than 63", key(u), n)
+		}
+	}
+	d := as[appsv1.Deployment](t, objs.one(t, "Deployment"))
+	args := argMap(d.Spec.Template.Spec.Containers[0].Args)
+	if objs.find("MutatingWebhookConfiguration", args["--webhook-config-name"]) == nil || objs.find("Service", args["--webhook-service-name"]) == nil {
+		t.Errorf("the manager's --webhook-config-name/--webhook-service-name (%s, %s) name no rendered object", args["--webhook-config-name"], args["--webhook-service-name"])
+	}
+}

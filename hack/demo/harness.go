@@ -23,6 +23,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -82,37 +84,36 @@ type Env struct {
 	Steps        *Steps
 	Procs        *Procs
 
-	Assets              string // KUBEBUILDER_ASSETS
-	Kubectl             string
-	ManagerBin          string
-	SidecarBin          string
-	Kubeconfig          string
-	TestEnv             *envtest.Environment
-	REST                *rest.Config
-	Kube                kubernetes.Interface
-	Client              client.Client
-	Fal                 *fakefal.Server
-	AdminKey            string
-	WebhookConfigName   string
-	WebhookPort         int
-	ManagerMetricsPort  int
-	ManagerProbePort    int
-	Kubelet             *Kubelet
-	ManagerRestarts     int
-	managerArgs         []string
-	managerMu           sync.Mutex
-	manager             *Proc
-	keepRunDir          bool
-	controlPlaneLogs    []*os.File
-	controlPlaneTails   map[string]*tailBuffer
-	closeOnce           sync.Once
-	pods                []*RunningPod
-	podsMu              sync.Mutex
-	buildTimes          map[string]time.Duration
-	envtestWasCold      bool
-	TimeToControlPlane  time.Duration
-	TimeToManagerReady  time.Duration
-	KubeconfigForPeople string
+	Assets             string // KUBEBUILDER_ASSETS
+	Kubectl            string
+	ManagerBin         string
+	SidecarBin         string
+	Kubeconfig         string
+	TestEnv            *envtest.Environment
+	REST               *rest.Config
+	Kube               kubernetes.Interface
+	Client             client.Client
+	Fal                *fakefal.Server
+	AdminKey           string
+	WebhookConfigName  string
+	WebhookPort        int
+	ManagerMetricsPort int
+	ManagerProbePort   int
+	Kubelet            *Kubelet
+	ManagerRestarts    int
+	managerArgs        []string
+	managerMu          sync.Mutex
+	manager            *Proc
+	keepRunDir         bool
+	controlPlaneLogs   []*os.File
+	controlPlaneTails  map[string]*tailBuffer
+	closeOnce          sync.Once
+	pods               []*RunningPod
+	podsMu             sync.Mutex
+	buildTimes         map[string]time.Duration
+	envtestWasCold     bool
+	TimeToControlPlane time.Duration
+	TimeToManagerReady time.Duration
 }
 
 // Scheme knows the core types and FalCredential.
@@ -152,6 +153,8 @@ func Start(ctx context.Context, opts Options) (env *Env, err error) {
 	defer func() {
 		if err != nil {
 			e.Steps.Fail(err)
+			fmt.Fprintln(os.Stderr, "\nThe last output of every process involved:")
+			e.DumpLogs(os.Stderr)
 			e.Close()
 			env = nil
 		}
@@ -736,6 +739,17 @@ func (e *Env) Close() {
 			_ = os.RemoveAll(e.RunDir)
 		}
 	})
+}
+
+// LogFiles lists the full log of every process the harness started (the
+// control plane's excluded: it is not falguard's).
+func (e *Env) LogFiles() []string {
+	var out []string
+	for _, p := range e.Procs.All() {
+		out = append(out, p.LogPath)
+	}
+	sort.Strings(out)
+	return slices.Compact(out)
 }
 
 // Leftovers lists what is still alive after Close: processes that did not

@@ -38,8 +38,8 @@ type Image struct {
 	// looked up in Binaries by base name.
 	Entrypoint []string
 	Binaries   map[string]string
-	// Stdio hands the container's stdin/stdout to the harness (the demo app
-	// is driven that way) instead of the log.
+	// Stdio hands an app container's stdin/stdout to the harness (the demo
+	// app is driven that way); stdout is also copied to the log.
 	Stdio bool
 }
 
@@ -107,6 +107,13 @@ type Container struct {
 	proc   *Proc
 	Stdin  io.WriteCloser
 	Stdout io.ReadCloser
+}
+
+// RestartCount is how often the emulated kubelet restarted the container.
+func (c *Container) RestartCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.Restarts
 }
 
 // Proc is the container's current process.
@@ -387,16 +394,16 @@ func (rp *RunningPod) launch(ct *Container, img Image) error {
 	cmd.Env = ct.Env
 	var stdin io.WriteCloser
 	var stdout io.ReadCloser
-	if img.Stdio {
+	var tee io.WriteCloser
+	if img.Stdio && !ct.Init { // init containers finish on their own; nobody reads them
 		var err error
 		if stdin, err = cmd.StdinPipe(); err != nil {
 			return fmt.Errorf("container %s: stdin: %w", ct.Name, err)
 		}
-		if stdout, err = cmd.StdoutPipe(); err != nil {
-			return fmt.Errorf("container %s: stdout: %w", ct.Name, err)
-		}
+		// The harness reads stdout; the log keeps a copy for failure reports.
+		stdout, tee = io.Pipe()
 	}
-	p, err := rp.k.Procs.Start(rp.Pod.Name+"/"+ct.Name, cmd)
+	p, err := rp.k.Procs.StartTee(rp.Pod.Name+"/"+ct.Name, cmd, tee)
 	if err != nil {
 		return fmt.Errorf("container %s: %w", ct.Name, err)
 	}

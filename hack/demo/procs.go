@@ -23,6 +23,8 @@ const tailBytes = 64 << 10
 // stops every one of them (and their children) on Close, whatever happened.
 type Procs struct {
 	logDir string
+	// Grace is how long Close waits after SIGTERM before SIGKILL (default 10s).
+	Grace time.Duration
 
 	mu   sync.Mutex
 	list []*Proc
@@ -43,9 +45,13 @@ type Proc struct {
 }
 
 // Start runs cmd, sending stdout and stderr to a log file named after name.
-// stdout may be set by the caller beforehand (cmd.Stdout) when it wants the
-// output itself; stderr always goes to the log.
 func (ps *Procs) Start(name string, cmd *exec.Cmd) (*Proc, error) {
+	return ps.StartTee(name, cmd, nil)
+}
+
+// StartTee is Start with stdout also copied to tee (closed when the process
+// exits, so a reader sees EOF), for processes the harness talks to.
+func (ps *Procs) StartTee(name string, cmd *exec.Cmd, tee io.WriteCloser) (*Proc, error) {
 	safe := strings.NewReplacer("/", "_", " ", "_").Replace(name)
 	logPath := filepath.Join(ps.logDir, safe+".log")
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -54,20 +60,26 @@ func (ps *Procs) Start(name string, cmd *exec.Cmd) (*Proc, error) {
 	}
 	p := &Proc{Name: name, LogPath: logPath, cmd: cmd, tail: &tailBuffer{max: tailBytes}, logFile: f, done: make(chan struct{})}
 	sink := io.MultiWriter(f, p.tail)
-	if cmd.Stdout == nil {
-		cmd.Stdout = sink
+	cmd.Stdout, cmd.Stderr = sink, sink
+	if tee != nil {
+		cmd.Stdout = io.MultiWriter(sink, tee)
 	}
-	cmd.Stderr = sink
 	// Own process group, so Stop reaches grandchildren (npm, node); and a
 	// parent-death signal, so a harness killed with SIGKILL leaves nothing behind.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	fmt.Fprintf(f, "### %s: %s\n", time.Now().Format(time.RFC3339), strings.Join(cmd.Args, " "))
 	if err := cmd.Start(); err != nil {
 		f.Close()
+		if tee != nil {
+			tee.Close()
+		}
 		return nil, fmt.Errorf("starting %s (%s): %w", name, cmd.Path, err)
 	}
 	go func() {
 		p.err = cmd.Wait()
+		if tee != nil {
+			tee.Close()
+		}
 		fmt.Fprintf(f, "### %s: exited: %v\n", time.Now().Format(time.RFC3339), exitText(p.err))
 		close(p.done)
 	}()
@@ -145,8 +157,12 @@ func (ps *Procs) Close() {
 	ps.mu.Lock()
 	list := append([]*Proc(nil), ps.list...)
 	ps.mu.Unlock()
+	grace := ps.Grace
+	if grace <= 0 {
+		grace = 10 * time.Second
+	}
 	for i := len(list) - 1; i >= 0; i-- {
-		_ = list[i].Stop(10 * time.Second)
+		_ = list[i].Stop(grace)
 	}
 }
 
@@ -168,8 +184,8 @@ func (ps *Procs) DumpLogs(w io.Writer) {
 	}
 }
 
-// WaitHTTP polls url until it answers 200 or ctx ends; it gives up early when
-// one of watch exits, with that process's log tail in the error.
+// waitUntil runs check every interval until it passes or ctx ends; it gives
+// up early when one of watch exits, with that process's last output.
 func waitUntil(ctx context.Context, what string, every time.Duration, check func(context.Context) error, watch ...*Proc) error {
 	var last error
 	t := time.NewTicker(every)

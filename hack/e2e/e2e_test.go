@@ -6,7 +6,9 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -84,6 +86,7 @@ func TestEndToEnd(t *testing.T) {
 		{"forced and scheduled rotation under traffic, manager restarted twice", s.rotations},
 		{"a pod created after the restarts is injected", s.injectAfterRestart},
 		{"deleting the FalCredential revokes its keys", s.deleteRevokes},
+		{"no key or token in any log or metric", s.noSecretsLeaked},
 	}
 	for _, st := range steps {
 		env.Steps.Say("\n=== %s", st.name)
@@ -362,8 +365,8 @@ func (s *suite) sourceSecretChange(t *testing.T) {
 		t.Errorf("volume writes %d -> %d: the kubelet emulator did not rewrite the volume", writes, n)
 	}
 	s.waitSidecarKey(t, demo.KeyID(s.userKey1))
-	if got := sidecar.Proc().Pid(); got != pid || sidecar.Restarts != 0 {
-		t.Errorf("the sidecar restarted (pid %d -> %d, restarts %d); it must reload in place", pid, got, sidecar.Restarts)
+	if got := sidecar.Proc().Pid(); got != pid || sidecar.RestartCount() != 0 {
+		t.Errorf("the sidecar restarted (pid %d -> %d, restarts %d); it must reload in place", pid, got, sidecar.RestartCount())
 	}
 }
 
@@ -515,6 +518,71 @@ func (s *suite) deleteRevokes(t *testing.T) {
 	if !e.FalKeyLive(demo.KeyID(s.userKey1)) {
 		t.Errorf("the user's own key was deleted at fal with the FalCredential")
 	}
+}
+
+// noSecretsLeaked scans every falguard process's full log and the metrics
+// for the secret half of every key used and for anything shaped like a JWT.
+func (s *suite) noSecretsLeaked(t *testing.T) {
+	secrets := map[string]string{}
+	for label, key := range map[string]string{"user key 0": s.userKey0, "user key 1": s.userKey1, "operator key A": s.keyA, "operator key B": s.keyB, "admin key": s.env.AdminKey} {
+		if _, secret, ok := strings.Cut(key, ":"); ok && len(secret) >= 16 {
+			secrets[label] = secret
+		}
+	}
+	if len(secrets) != 5 {
+		t.Fatalf("expected 5 keys to look for, have %d", len(secrets))
+	}
+	jwt := regexp.MustCompile(`eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.`)
+	texts := map[string]string{}
+	for _, f := range s.env.LogFiles() {
+		b, err := os.ReadFile(f)
+		must(t, err)
+		texts[f] = string(b)
+	}
+	if m, err := s.pod.SidecarMetrics(s.ctx); err == nil {
+		texts["sidecar /metrics"] = m
+		if v := metricValue(m, "falguard_sidecar_credential_reload_errors_total"); v != 0 {
+			t.Errorf("sidecar refused %v credential updates; every update in this story was valid", v)
+		}
+		if v := metricValue(m, "falguard_sidecar_credential_reloads_total"); v < 4 {
+			t.Errorf("sidecar reloaded its credentials %v times, want at least 4 (start, source change, two rotations)", v)
+		}
+	} else {
+		t.Errorf("sidecar metrics: %v", err)
+	}
+	if m, err := s.env.ManagerMetrics(s.ctx); err == nil {
+		texts["manager /metrics"] = m
+	} else {
+		t.Errorf("manager metrics: %v", err)
+	}
+	if len(texts) < 5 {
+		t.Fatalf("only %d logs and metrics to scan", len(texts))
+	}
+	for where, text := range texts {
+		for label, secret := range secrets {
+			if strings.Contains(text, secret) {
+				t.Errorf("%s contains the secret half of the %s", where, label)
+			}
+		}
+		if jwt.MatchString(text) {
+			t.Errorf("%s contains a JWT", where)
+		}
+	}
+}
+
+// metricValue sums the samples of an unlabelled or labelled metric.
+func metricValue(text, name string) float64 {
+	var sum float64
+	for _, line := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(line, name+" ") && !strings.HasPrefix(line, name+"{") {
+			continue
+		}
+		f := strings.Fields(line)
+		if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
+			sum += v
+		}
+	}
+	return sum
 }
 
 // waitVolumeKey waits until the emulated Secret volume holds keyID.

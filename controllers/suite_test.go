@@ -1,9 +1,11 @@
 package controllers
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -53,7 +55,27 @@ func TestMain(m *testing.M) {
 	os.Exit(runSuite(m))
 }
 
-func runSuite(m *testing.M) int {
+// logBuf collects the manager's logs for the leak check.
+var logBuf lockedBuffer
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) Bytes() []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]byte(nil), l.b.Bytes()...)
+}
+
+func runSuite(m *testing.M) (code int) {
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
 		if dir, err := filepath.Abs("../bin/k8s/v1.37.2"); err == nil {
 			if _, err := os.Stat(filepath.Join(dir, "kube-apiserver")); err == nil {
@@ -65,7 +87,20 @@ func runSuite(m *testing.M) int {
 		fmt.Println("controllers: KUBEBUILDER_ASSETS unset and ./bin/k8s missing: run `make envtest` (or hack/envtest.sh); envtest suite skipped")
 		return m.Run()
 	}
-	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapLevel())))
+	// Every log line (debug included) is kept and scanned at the end: no
+	// key secret may ever be logged. Shown on stderr with FALGUARD_TEST_VERBOSE.
+	var out io.Writer = &logBuf
+	if os.Getenv("FALGUARD_TEST_VERBOSE") != "" {
+		out = io.MultiWriter(&logBuf, os.Stderr)
+	}
+	logf.SetLogger(zap.New(zap.WriteTo(out), zap.Level(zapcore.Level(-5))))
+	defer func() {
+		// test secrets all contain "SECRET"; the admin key's half is "adminsecret"
+		if b := logBuf.Bytes(); bytes.Contains(b, []byte("SECRET")) || bytes.Contains(b, []byte("adminsecret")) {
+			fmt.Fprintln(os.Stderr, "FAIL: a key secret appeared in the manager's logs")
+			code = 1
+		}
+	}()
 	_ = clientgoscheme.AddToScheme(testScheme)
 	_ = falguardv1alpha1.AddToScheme(testScheme)
 
@@ -93,13 +128,6 @@ func runSuite(m *testing.M) int {
 	}
 	defer fal.Close()
 	return m.Run()
-}
-
-func zapLevel() zapcore.Level {
-	if os.Getenv("FALGUARD_TEST_VERBOSE") != "" {
-		return -1
-	}
-	return 2 // errors only
 }
 
 func needEnv(t *testing.T) {

@@ -79,7 +79,7 @@ func setup(m *testing.M) (int, error) {
 	build := exec.Command("go", "build", "-o", bin, "./sidecar/cmd/falguard-sidecar")
 	build.Dir = ".."
 	if out, err := build.CombinedOutput(); err != nil {
-		return 0, fmt.Errorf("building the sidecar: %v\n%s", err, out)
+		return 0, fmt.Errorf("building the sidecar: %w\n%s", err, out)
 	}
 
 	fal, err = fakefal.Start(fakefal.Options{Keys: []string{falKey}})

@@ -251,10 +251,9 @@ func helmTemplate(t *testing.T, helm string, show string, set ...string) []byte 
 }
 
 var (
-	helmAction = regexp.MustCompile(`(?m)^\s*\{\{-?[^}]*\}\}\s*$\n?`)
-	helmRaw    = regexp.MustCompile("\\{\\{`(.*?)`\\}\\}")
-	helmCall   = regexp.MustCompile(`\{\{-?[^}]*\}\}`)
-	helmBlock  = regexp.MustCompile(`(?s)\{\{-? */\*.*?\*/ *-?\}\}\n?`)
+	helmRaw   = regexp.MustCompile("\\{\\{`(.*?)`\\}\\}")
+	helmCall  = regexp.MustCompile(`\{\{-?[^}]*\}\}`)
+	helmBlock = regexp.MustCompile(`(?s)\{\{-? */\*.*?\*/ *-?\}\}\n?`)
 )
 
 // stripHelm turns the template into plain YAML without helm: comments and

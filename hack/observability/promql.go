@@ -35,6 +35,9 @@ var keywords = map[string]bool{
 	"and": true, "or": true, "unless": true, "bool": true, "offset": true, "inf": true, "nan": true,
 }
 
+// matchOps compare a label with a string in a selector.
+var matchOps = map[string]bool{"=": true, "!=": true, "=~": true, "!~": true}
+
 // labelListKeywords are followed by a parenthesised list of label names.
 var labelListKeywords = map[string]bool{
 	"by": true, "without": true, "on": true, "ignoring": true, "group_left": true, "group_right": true,
@@ -187,7 +190,8 @@ func Metrics(expr string) ([]string, error) {
 			}
 			if t.text == "[" {
 				p := prev()
-				if p == nil || !(p.kind == tClose && (p.text == "}" || p.text == ")") || p.kind == tIdent) {
+				selector := p != nil && (p.kind == tClose && (p.text == "}" || p.text == ")") || p.kind == tIdent)
+				if !selector {
 					return nil, fmt.Errorf("range or subquery [ at byte %d does not follow a selector", t.pos)
 				}
 			}
@@ -198,18 +202,21 @@ func Metrics(expr string) ([]string, error) {
 			}
 			stack = stack[:len(stack)-1]
 		case tDuration:
-			if inside != "[" && !(prev() != nil && prev().kind == tIdent && prev().text == "offset") {
+			afterOffset := prev() != nil && prev().kind == tIdent && prev().text == "offset"
+			if inside != "[" && !afterOffset {
 				return nil, fmt.Errorf("duration %s at byte %d outside [ ] or offset", t.text, t.pos)
 			}
 		case tIdent:
 			switch {
 			case inside == "{":
 				// label matcher: name op "value"
-				if p := prev(); p == nil || !(p.kind == tOpen && p.text == "{" || p.kind == tOp && p.text == ",") {
+				p := prev()
+				separated := p != nil && (p.kind == tOpen && p.text == "{" || p.kind == tOp && p.text == ",")
+				if !separated {
 					return nil, fmt.Errorf("label %s at byte %d: matchers must be separated by commas", t.text, t.pos)
 				}
 				n := next()
-				if n == nil || n.kind != tOp || !(n.text == "=" || n.text == "!=" || n.text == "=~" || n.text == "!~") {
+				if n == nil || n.kind != tOp || !matchOps[n.text] {
 					return nil, fmt.Errorf("label %s at byte %d is not followed by =, !=, =~ or !~", t.text, t.pos)
 				}
 				if i+2 >= len(toks) || toks[i+2].kind != tString {
@@ -217,7 +224,7 @@ func Metrics(expr string) ([]string, error) {
 				}
 				if strings.HasSuffix(n.text, "~") {
 					if _, err := regexp.Compile("^(?:" + toks[i+2].text + ")$"); err != nil {
-						return nil, fmt.Errorf("label %s at byte %d: bad regex: %v", t.text, t.pos, err)
+						return nil, fmt.Errorf("label %s at byte %d: bad regex: %w", t.text, t.pos, err)
 					}
 				}
 			case len(stack) > 0 && stack[len(stack)-1].labels:
@@ -225,7 +232,8 @@ func Metrics(expr string) ([]string, error) {
 			case keywords[strings.ToLower(t.text)]:
 			case aggregations[t.text]:
 				n := next()
-				if n == nil || !(n.kind == tOpen && n.text == "(" || n.kind == tIdent && (n.text == "by" || n.text == "without")) {
+				hasArg := n != nil && (n.kind == tOpen && n.text == "(" || n.kind == tIdent && (n.text == "by" || n.text == "without"))
+				if !hasArg {
 					return nil, fmt.Errorf("aggregation %s at byte %d has no argument", t.text, t.pos)
 				}
 			default:

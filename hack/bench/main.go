@@ -40,8 +40,8 @@ type counts struct {
 }
 
 var fullCounts = counts{
-	rounds: 3, warmup: 500, proxyDur: 4 * time.Second, sseStreams: 30,
-	relayMsgs1K: 1000, relayMsgs256K: 150, relayTput1K: 4000, relayTput256K: 400,
+	rounds: 3, warmup: 500, proxyDur: 4 * time.Second, sseStreams: 50,
+	relayMsgs1K: 2000, relayMsgs256K: 300, relayTput1K: 6000, relayTput256K: 600,
 	sessions: 500, sessionDur: 10 * time.Second,
 	tokenReqs: 10000, tokenCallers: 200, tokenSerial: 2000,
 	startTrials: 20, reloadTrials: 6,

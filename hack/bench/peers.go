@@ -357,6 +357,8 @@ func (e *env) sidecarArgs(port, opsPort int, o sidecarOpts) ([]string, []string)
 	args := []string{"run",
 		"--listen", fmt.Sprintf("127.0.0.1:%d", port),
 		"--ops-listen", fmt.Sprintf("127.0.0.1:%d", opsPort),
+		// No pod to drain from: stop at once so restarts don't cost seconds.
+		"--min-shutdown-delay", "0s",
 	}
 	if !o.noCA {
 		args = append(args, "--upstream-ca-file", e.ff.CAFile())

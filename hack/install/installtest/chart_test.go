@@ -22,6 +22,8 @@ import (
 var allToggles = []string{
 	"--set", "certs.mode=cert-manager",
 	"--set", "metrics.serviceMonitor.enabled=true",
+	"--set", "prometheusRule.enabled=true",
+	"--set", "grafanaDashboard.enabled=true",
 	"--set", "networkPolicy.enabled=true",
 	"--set", "crds.templated=true",
 	"--set", "priorityClassName=system-cluster-critical",
@@ -156,8 +158,8 @@ func TestTemplateEveryToggle(t *testing.T) {
 	if !slices.Equal(ports, []int{9443, 8080}) {
 		t.Errorf("NetworkPolicy opens ports %v, want the webhook 9443 and metrics 8080", ports)
 	}
-	if objs.one(t, "ServiceMonitor") == nil {
-		t.Error("no ServiceMonitor")
+	for _, kind := range []string{"ServiceMonitor", "PrometheusRule", "ConfigMap"} {
+		objs.one(t, kind) // the optional monitoring objects, one each
 	}
 	crd := objs.one(t, "CustomResourceDefinition")
 	if crd.GetName() != "falcredentials.falguard.dev" || crd.GetAnnotations()["helm.sh/resource-policy"] != "keep" {

@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	falguardv1alpha1 "github.com/falguard/falguard/api/v1alpha1"
 	"github.com/falguard/falguard/hack/fakefal"
@@ -688,4 +689,57 @@ func TestRotationFailureBackoff(t *testing.T) {
 	if _, ok := eventReasons(t, ns, "c")[ReasonRotationFailed]; !ok {
 		t.Fatal("no RotationFailed event")
 	}
+}
+
+// shiftClock is the wall clock plus an offset the test moves forward.
+type shiftClock struct{ off atomic.Int64 }
+
+func (c *shiftClock) Now() time.Time { return time.Now().Add(time.Duration(c.off.Load())) }
+
+// TestScheduledRotationAndRequeue moves the reconciler's clock past
+// rotation.every: the key rotates on schedule. Between decisions the
+// reconciler asks to be requeued exactly at the next one, and a credential
+// without rotation is not requeued at all (no polling).
+func TestScheduledRotationAndRequeue(t *testing.T) {
+	needEnv(t)
+	ctx := context.Background()
+	ns := newNamespace(t, "sched")
+	fal.AddKey("kid-plain:SECRETplain")
+	create(t, adminSecret(ns), rotatingCred(ns, "r", time.Second), keySecret(ns, "k", "kid-plain:SECRETplain"), userCred(ns, "plain", "k"))
+	clk := &shiftClock{}
+	m := startManager(t, ns, func(r *FalCredentialReconciler, _ context.CancelFunc) { r.Clock = clk })
+	fc := waitCond(t, ns, "r", falguardv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonPublished)
+	waitCond(t, ns, "plain", falguardv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonPublished)
+	first := fc.Status.KeyID
+
+	res, err := m.rec.Reconcile(ctx, reconcileRequest(ns, "r"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.RequeueAfter < 59*time.Minute || res.RequeueAfter > time.Hour {
+		t.Fatalf("RequeueAfter = %v, want the time to the next rotation (just under 1h)", res.RequeueAfter)
+	}
+	if res, err := m.rec.Reconcile(ctx, reconcileRequest(ns, "plain")); err != nil || res.RequeueAfter != 0 {
+		t.Fatalf("a credential without rotation asks for requeue %v (%v)", res.RequeueAfter, err)
+	}
+
+	clk.off.Store(int64(time.Hour + time.Second))
+	annotate(t, ns, "r", "example.com/touch", "1") // wake it up now instead of in an hour
+	eventually(t, 20*time.Second, "scheduled rotation and revoke", func() error {
+		fc = getFC(t, ns, "r")
+		if fc.Status.KeyID == first || isLive(first) || fc.Status.PreviousKeyID != "" {
+			return fmt.Errorf("key %s (first %s live=%v), previous %q", fc.Status.KeyID, first, isLive(first), fc.Status.PreviousKeyID)
+		}
+		return nil
+	})
+	if ev := eventReasons(t, ns, "r")[ReasonKeyRotated]; !strings.Contains(ev, "Scheduled") {
+		t.Fatalf("KeyRotated event %q does not say Scheduled", ev)
+	}
+	if next := fc.Status.NextRotationTime; next == nil || next.Time.Before(time.Now().Add(time.Hour)) {
+		t.Fatalf("nextRotationTime %v not moved an every ahead of the shifted clock", next)
+	}
+}
+
+func reconcileRequest(ns, name string) reconcile.Request {
+	return reconcile.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: name}}
 }

@@ -92,6 +92,10 @@ func (h *Handler) ServeProxy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	// The upstream transport may still read the request body (to see its
+	// EOF) after fal's answer has started to flow back; without full duplex
+	// net/http would close the body under it as the first byte goes out.
+	_ = http.NewResponseController(w).EnableFullDuplex()
 	body := io.Reader(http.NoBody)
 	length := r.ContentLength
 	var cb *capped

@@ -55,8 +55,8 @@ type Relay struct {
 
 	mu      sync.Mutex
 	active  map[*session]struct{}
+	idle    chan struct{} // closed whenever active is empty
 	closing bool
-	wg      sync.WaitGroup
 }
 
 type session struct {
@@ -369,19 +369,23 @@ func (rl *Relay) track(s *session) bool {
 	if rl.closing {
 		return false
 	}
-	if rl.active == nil {
-		rl.active = map[*session]struct{}{}
+	if len(rl.active) == 0 {
+		if rl.active == nil {
+			rl.active = map[*session]struct{}{}
+		}
+		rl.idle = make(chan struct{})
 	}
 	rl.active[s] = struct{}{}
-	rl.wg.Add(1)
 	return true
 }
 
 func (rl *Relay) untrack(s *session) {
 	rl.mu.Lock()
+	defer rl.mu.Unlock()
 	delete(rl.active, s)
-	rl.mu.Unlock()
-	rl.wg.Done()
+	if len(rl.active) == 0 {
+		close(rl.idle)
+	}
 }
 
 // Open is the number of relays in progress.
@@ -391,12 +395,17 @@ func (rl *Relay) Open() int {
 	return len(rl.active)
 }
 
-// Wait blocks until every relay has ended or ctx is done.
+// Wait blocks until no relay is open or ctx is done.
 func (rl *Relay) Wait(ctx context.Context) error {
-	done := make(chan struct{})
-	go func() { rl.wg.Wait(); close(done) }()
+	rl.mu.Lock()
+	if len(rl.active) == 0 {
+		rl.mu.Unlock()
+		return nil
+	}
+	idle := rl.idle
+	rl.mu.Unlock()
 	select {
-	case <-done:
+	case <-idle:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()

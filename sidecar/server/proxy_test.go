@@ -74,7 +74,7 @@ func TestProxyStreamsSSE(t *testing.T) {
 		}
 	}
 	if len(events) != 3 {
-		t.Fatalf("got %d events", len(events))
+		t.Fatalf("got %d events (%v)\n%s", len(events), sc.Err(), h.logs.String())
 	}
 	// Streamed, not buffered: the first event arrived well before the last.
 	if events[2]-events[0] < 200*time.Millisecond {

@@ -374,3 +374,37 @@ func TestAppQuitquitquitForLegacyJobs(t *testing.T) {
 		t.Fatal("POST /quitquitquit did not stop the sidecar")
 	}
 }
+
+func TestUpstreamBodyCutShowsAsTruncated(t *testing.T) {
+	cut := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(200)
+		fmt.Fprint(w, "data: {\"index\":0}\n\n")
+		w.(http.Flusher).Flush()
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err == nil {
+			conn.Close() // fal dies mid-stream
+		}
+	}))
+	defer cut.Close()
+	pem := t.TempDir() + "/cut.pem"
+	writePEM(t, pem, cut.Certificate().Raw)
+	h := start(t, func(o *harnessOpts) {
+		o.overrides = []string{"https://fal.run=" + cut.URL}
+		o.cfg = append(o.cfg, func(c *server.Config) { c.UpstreamCAFile = pem })
+	})
+	req, _ := http.NewRequest("POST", h.base+"/api/fal/proxy", strings.NewReader("{}"))
+	req.Header.Set("x-fal-target-url", "https://fal.run/fal-ai/flux/dev/stream")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err == nil {
+		t.Fatalf("a stream fal cut off ended cleanly for the app: %q", body)
+	}
+	if !strings.HasPrefix(string(body), "data: {\"index\":0}") {
+		t.Fatalf("bytes before the cut lost: %q", body)
+	}
+}

@@ -213,6 +213,22 @@ func (e *Env) prepareTools(ctx context.Context) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("running hack/envtest.sh: %w", err)
 	}
+	// A first build prints nothing for minutes at a time: say it is alive.
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		t := time.NewTicker(20 * time.Second)
+		defer t.Stop()
+		began := time.Now()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				e.Steps.Detail("still preparing the control plane (%s so far; only the first run on this machine builds it)", fmtDur(time.Since(began)))
+			}
+		}
+	}()
 	var tail []string
 	sc := bufio.NewScanner(stderr)
 	for sc.Scan() {

@@ -48,7 +48,9 @@ func run() int {
 		return fail(ctx, nil, err)
 	}
 	defer func() {
+		t := time.Now()
 		env.Close()
+		fmt.Printf("Cleaned up in %s.\n", round(time.Since(t)))
 		for _, l := range env.Leftovers() {
 			fmt.Fprintf(os.Stderr, "warning: after cleanup, %s\n", l)
 		}

@@ -52,6 +52,11 @@ async function freePort() {
 /** Child process with captured output and a bounded stop. */
 function startProcess(bin, args, env) {
   const child = spawn(bin, args, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  // Never leave a fakefal or sidecar behind, even when the test process dies
+  // of an uncaught error.
+  const reap = () => child.kill("SIGKILL");
+  process.once("exit", reap);
+  child.once("exit", () => process.removeListener("exit", reap));
   const out = { text: "", spawnError: null };
   child.stdout.on("data", (d) => (out.text += d));
   child.stderr.on("data", (d) => (out.text += d));

@@ -1,6 +1,8 @@
 # Docs, examples and dashboards (issue 9): every example in examples/ runs
-# against the real sidecar binary and fakefal, and every metric the Grafana
-# dashboard and the PrometheusRule name must be one the code exports
+# against the real sidecar binary and fakefal; every metric the Grafana
+# dashboard, the PrometheusRule and the docs name must be one the code exports,
+# every alert's runbook_url must point at a section of docs/platform-teams.md,
+# and the docs must explain every sidecar error code and controller reason
 # (hack/observability; helm renders the chart when bin/helm-* exists).
 EXAMPLES_NODE_DIR := examples/node
 

@@ -74,7 +74,8 @@ func (r *FalCredentialReconciler) markAsFailed(fc *falguardv1alpha1.FalCredentia
 	credentialReady.WithLabelValues(fc.Namespace, fc.Name).Set(0)
 	prev := meta.FindStatusCondition(fc.Status.Conditions, falguardv1alpha1.ConditionReady)
 	r.setCond(fc, falguardv1alpha1.ConditionReady, metav1.ConditionFalse, reason, msg)
-	if prev == nil || prev.Status != metav1.ConditionFalse || prev.Reason != reason {
+	transient := reason == ReasonVerificationPending || reason == ReasonNoKey // normal steps, not warnings
+	if !transient && (prev == nil || prev.Status != metav1.ConditionFalse || prev.Reason != reason) {
 		r.event(fc, corev1.EventTypeWarning, reason, "Reconcile", "%s", msg)
 	}
 }

@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -150,7 +149,7 @@ func Start(opts Options) (*Server, error) {
 	}
 
 	for _, h := range Hosts {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		ln, err := (&net.ListenConfig{}).Listen(context.Background(), "tcp", "127.0.0.1:0")
 		if err != nil {
 			s.Close()
 			return nil, fmt.Errorf("fakefal: listening for %s: %w", h, err)
@@ -188,15 +187,15 @@ func (s *Server) Close() {
 		}
 		s.mu.Unlock()
 		for _, c := range conns {
-			c.conn.Close()
+			_ = c.conn.Close()
 		}
 		for _, hs := range s.hosts {
 			if err := hs.srv.Shutdown(ctx); err != nil {
-				hs.srv.Close()
+				_ = hs.srv.Close()
 			}
 		}
 		if s.tmpDir != "" {
-			os.RemoveAll(s.tmpDir)
+			_ = os.RemoveAll(s.tmpDir)
 		}
 	})
 }
@@ -378,5 +377,3 @@ func newRequestID() string {
 	h := hex.EncodeToString(b)
 	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
 }
-
-func queryString(u *url.URL) string { return u.RawQuery }

@@ -17,7 +17,9 @@ import (
 
 type ctxKey struct{}
 
-// recorder captures the status of one request and records the call once.
+// recorder captures the status of one request and records the call once,
+// as the status line goes out (or at the hijack of a WebSocket upgrade), so
+// a client that has seen the answer always finds the call in Calls().
 type recorder struct {
 	http.ResponseWriter
 	s      *Server
@@ -29,13 +31,14 @@ type recorder struct {
 func (rw *recorder) WriteHeader(code int) {
 	if rw.status == 0 {
 		rw.status = code
+		rw.finish(code)
 	}
 	rw.ResponseWriter.WriteHeader(code)
 }
 
 func (rw *recorder) Write(b []byte) (int, error) {
 	if rw.status == 0 {
-		rw.status = http.StatusOK
+		rw.WriteHeader(http.StatusOK)
 	}
 	return rw.ResponseWriter.Write(b)
 }
@@ -46,12 +49,15 @@ func (rw *recorder) Flush() {
 	}
 }
 
-// Hijack lets gorilla/websocket upgrade and the Drop fault close the socket.
+// Hijack lets gorilla/websocket upgrade (recorded as 101: the upgrader
+// hijacks only once the handshake is accepted) and the Drop fault close the
+// socket (recorded as 0 before it hijacks).
 func (rw *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	h, ok := rw.ResponseWriter.(http.Hijacker)
 	if !ok {
 		return nil, nil, errors.New("fakefal: connection cannot be hijacked")
 	}
+	rw.finish(http.StatusSwitchingProtocols)
 	return h.Hijack()
 }
 
@@ -130,7 +136,7 @@ func (s *Server) applyHTTPFaults(rec *recorder, r *http.Request, host string) bo
 						_ = tcp.SetLinger(0)
 					}
 				}
-				conn.Close()
+				_ = conn.Close()
 			}
 			return true
 		case f.Status != 0:

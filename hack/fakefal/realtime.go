@@ -49,7 +49,6 @@ func (s *Server) serveRealtime(w http.ResponseWriter, r *http.Request, app appRe
 	if err != nil {
 		return // the upgrader has answered
 	}
-	rec.finish(http.StatusSwitchingProtocols)
 	c := &wsConn{conn: conn}
 	s.mu.Lock()
 	s.wsConns[c] = struct{}{}
@@ -58,7 +57,7 @@ func (s *Server) serveRealtime(w http.ResponseWriter, r *http.Request, app appRe
 		s.mu.Lock()
 		delete(s.wsConns, c)
 		s.mu.Unlock()
-		conn.Close()
+		_ = conn.Close()
 	}()
 	conn.SetReadLimit(maxRealtimeMessage)
 
@@ -118,7 +117,7 @@ func (s *Server) applyWSFaults(conn *websocket.Conn, faults []Fault, n int, writ
 			if tcp, ok := conn.NetConn().(*net.TCPConn); ok {
 				_ = tcp.SetLinger(0)
 			}
-			conn.NetConn().Close()
+			_ = conn.NetConn().Close()
 			return true
 		}
 		if f.CloseCode != 0 && f.CloseAfterMessages == n {

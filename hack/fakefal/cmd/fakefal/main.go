@@ -5,6 +5,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -48,7 +49,7 @@ func run(args []string, stop <-chan os.Signal) error {
 		return err
 	}
 	host, _, err := net.SplitHostPort(*controlListen)
-	if err != nil || !(host == "127.0.0.1" || host == "localhost" || host == "::1") {
+	if err != nil || (host != "127.0.0.1" && host != "localhost" && host != "::1") {
 		return fmt.Errorf("--control-listen %q must be a loopback host:port such as 127.0.0.1:0", *controlListen)
 	}
 
@@ -58,14 +59,14 @@ func run(args []string, stop <-chan os.Signal) error {
 	}
 	defer srv.Close()
 
-	ln, err := net.Listen("tcp", *controlListen)
+	ln, err := (&net.ListenConfig{}).Listen(context.Background(), "tcp", *controlListen)
 	if err != nil {
 		return fmt.Errorf("listening for the control API on %s: %w", *controlListen, err)
 	}
 	controlURL := "http://" + ln.Addr().String()
 	ctl := &http.Server{Handler: srv.ControlHandler(controlURL), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = ctl.Serve(ln) }()
-	defer ctl.Close()
+	defer func() { _ = ctl.Close() }()
 
 	state, err := json.MarshalIndent(srv.State(controlURL), "", "  ")
 	if err != nil {
@@ -80,7 +81,7 @@ func run(args []string, stop <-chan os.Signal) error {
 		if err := os.Rename(tmp, *stateFile); err != nil {
 			return fmt.Errorf("writing --state-file: %w", err)
 		}
-		defer os.Remove(*stateFile)
+		defer func() { _ = os.Remove(*stateFile) }()
 	}
 	fmt.Fprintf(os.Stderr, "fakefal: listening; control API %s\n", controlURL)
 

@@ -97,5 +97,5 @@ func text(w http.ResponseWriter, status int, msg string) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
-	fmt.Fprintln(w, msg)
+	_, _ = fmt.Fprintln(w, msg)
 }

@@ -119,7 +119,7 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	dc := make(chan dialed, 1)
 	go func() {
-		up, resp, err := rl.dial(r, snap, alias, endpoint, q)
+		up, resp, err := rl.dial(r, snap, alias, endpoint, q) //nolint:bodyclose // dial has closed the handshake body
 		dc <- dialed{up, resp, err}
 	}()
 	d := <-dc
@@ -152,7 +152,7 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	appConn, err := upg.Upgrade(w, r, hdr)
 	if err != nil {
-		up.Close()
+		_ = up.Close()
 		return
 	}
 	s := &session{app: appConn, up: up}
@@ -258,7 +258,7 @@ func (rl *Relay) pump(s *session, limit int64) bool {
 	var grace *time.Timer
 	startGrace := func() {
 		once.Do(func() {
-			grace = time.AfterFunc(CloseGrace, func() { s.app.NetConn().Close(); s.up.NetConn().Close() })
+			grace = time.AfterFunc(CloseGrace, s.drop)
 		})
 	}
 	done := make(chan bool, 1)
@@ -271,8 +271,8 @@ func (rl *Relay) pump(s *session, limit int64) bool {
 	startGrace()
 	abnormal = <-done || abnormal
 	grace.Stop()
-	s.app.Close()
-	s.up.Close()
+	_ = s.app.Close()
+	_ = s.up.Close()
 	return abnormal
 }
 
@@ -310,7 +310,7 @@ func (rl *Relay) copy(dst, src *websocket.Conn, dir string) bool {
 		_ = dst.SetWriteDeadline(time.Now().Add(WriteTimeout))
 		w, err := dst.NextWriter(mt)
 		if err != nil {
-			src.WriteControl(websocket.CloseMessage, formatClose(websocket.CloseGoingAway, "peer gone"), time.Now().Add(controlWait))
+			_ = src.WriteControl(websocket.CloseMessage, formatClose(websocket.CloseGoingAway, "peer gone"), time.Now().Add(controlWait))
 			return true
 		}
 		n, err := io.Copy(w, r) // the writer's ReadFrom fills frames straight from the reader
@@ -435,6 +435,12 @@ func (s *session) close(code int, reason string) {
 		_ = s.app.WriteControl(websocket.CloseMessage, msg, deadline)
 		_ = s.up.WriteControl(websocket.CloseMessage, msg, deadline)
 		// The pumps see both answers (or time out) and tear down.
-		time.AfterFunc(CloseGrace, func() { s.app.NetConn().Close(); s.up.NetConn().Close() })
+		time.AfterFunc(CloseGrace, s.drop)
 	})
+}
+
+// drop closes both sockets without a close handshake.
+func (s *session) drop() {
+	_ = s.app.NetConn().Close()
+	_ = s.up.NetConn().Close()
 }

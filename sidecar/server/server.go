@@ -171,11 +171,12 @@ func New(cfg Config) (*Server, error) {
 		ErrorLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug)}
 	s.opsSrv = &http.Server{Handler: ops.Handler(s.state, s.metrics.Registry, s.Quit), ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug)}
-	if s.appLn, err = net.Listen("tcp", cfg.Listen); err != nil {
+	var lc net.ListenConfig
+	if s.appLn, err = lc.Listen(context.Background(), "tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("--listen: %w", err)
 	}
-	if s.opsLn, err = net.Listen("tcp", cfg.OpsListen); err != nil {
-		s.appLn.Close()
+	if s.opsLn, err = lc.Listen(context.Background(), "tcp", cfg.OpsListen); err != nil {
+		_ = s.appLn.Close()
 		return nil, fmt.Errorf("--ops-listen: %w", err)
 	}
 	return s, nil
@@ -215,8 +216,8 @@ func (s *Server) Run(ctx context.Context) error {
 	case <-s.quit:
 		quitting = true
 	case err := <-errc:
-		s.appSrv.Close()
-		s.opsSrv.Close()
+		_ = s.appSrv.Close()
+		_ = s.opsSrv.Close()
 		return fmt.Errorf("serving: %w", err)
 	}
 	s.state.SetDraining()
@@ -238,14 +239,14 @@ func (s *Server) Run(ctx context.Context) error {
 	wg.Wait()
 	open := s.relay.Open()
 	s.relay.CloseAll(websocket.CloseGoingAway, "sidecar shutting down")
-	s.appSrv.Close()
+	_ = s.appSrv.Close()
 	closeCtx, cancelClose := context.WithTimeout(context.Background(), relay.CloseGrace+time.Second)
 	_ = s.relay.Wait(closeCtx)
 	cancelClose()
 	opsCtx, cancelOps := context.WithTimeout(context.Background(), time.Second)
 	_ = s.opsSrv.Shutdown(opsCtx)
 	cancelOps()
-	s.opsSrv.Close()
+	_ = s.opsSrv.Close()
 	s.log.Info("stopped", "relaysClosedAtDeadline", open)
 	return nil
 }

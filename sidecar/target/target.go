@@ -155,7 +155,7 @@ func Validate(values []string, pol *policy.Policy) (*Target, *Rejection) {
 		segs = segs[:len(segs)-1] // one trailing slash is fine (/tokens/)
 	}
 	for i, s := range segs {
-		if s == "." || s == ".." || (s == "" && !(i == 0 && len(segs) == 1)) {
+		if s == "." || s == ".." || (s == "" && (i != 0 || len(segs) != 1)) {
 			return nil, invalid("path %q has empty or relative segments", p)
 		}
 	}
@@ -259,7 +259,8 @@ func ValidSegments(segs []string) bool {
 		}
 		for i := 0; i < len(s); i++ {
 			c := s[i]
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			letter := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+			if !letter && c != '-' && c != '_' && c != '.' {
 				return false
 			}
 		}

@@ -36,12 +36,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return 0
 	}
 	if err != nil {
-		fmt.Fprintln(stderr, "falguard-sidecar:", err)
+		_, _ = fmt.Fprintln(stderr, "falguard-sidecar:", err)
 		return 2
 	}
 	switch p.Command {
 	case config.CmdVersion:
-		fmt.Fprintln(stdout, version)
+		_, _ = fmt.Fprintln(stdout, version)
 		return 0
 	case config.CmdWait:
 		return wait(ctx, p, stderr)
@@ -82,7 +82,7 @@ func wait(ctx context.Context, p *config.Parsed, stderr io.Writer) int {
 		}
 		select {
 		case <-ctx.Done():
-			fmt.Fprintf(stderr, "falguard-sidecar wait: %s not ready after %s\n", url, p.Timeout)
+			_, _ = fmt.Fprintf(stderr, "falguard-sidecar wait: %s not ready after %s\n", url, p.Timeout)
 			return 1
 		case <-time.After(250 * time.Millisecond):
 		}
@@ -97,12 +97,12 @@ func shutdown(ctx context.Context, p *config.Parsed, stderr io.Writer) int {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, nil)
 	resp, err := client.Do(req)
 	if err != nil {
-		fmt.Fprintf(stderr, "falguard-sidecar shutdown: %v\n", err)
+		_, _ = fmt.Fprintf(stderr, "falguard-sidecar shutdown: %v\n", err)
 		return 1
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		fmt.Fprintf(stderr, "falguard-sidecar shutdown: %s answered HTTP %d\n", url, resp.StatusCode)
+		_, _ = fmt.Fprintf(stderr, "falguard-sidecar shutdown: %s answered HTTP %d\n", url, resp.StatusCode)
 		return 1
 	}
 	return 0

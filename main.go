@@ -15,7 +15,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	falguardv1alpha1 "github.com/falguard/falguard/api/v1alpha1"
 	"github.com/falguard/falguard/controllers"
@@ -55,6 +54,7 @@ func main() {
 		leaderElect                   bool
 		leaderElectionNamespace       string
 		webhookPort                   int
+		webhookHost                   string
 		webhookCertDir, webhookConfig string
 		webhookServiceName, webhookNS string
 		selfManagedCerts              bool
@@ -67,6 +67,7 @@ func main() {
 	flag.BoolVar(&leaderElect, "leader-elect", false, "elect a leader so only one replica reconciles and writes certificates")
 	flag.StringVar(&leaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader-election lease (default: the pod's namespace)")
 	flag.IntVar(&webhookPort, "webhook-port", 9443, "port the pod webhook serves on")
+	flag.StringVar(&webhookHost, "webhook-bind-host", "", "address the pod webhook binds to (default: all interfaces; 127.0.0.1 for a local control plane)")
 	flag.StringVar(&webhookCertDir, "webhook-cert-dir", "/tmp/k8s-webhook-server/serving-certs", "directory holding tls.crt and tls.key for the webhook")
 	flag.StringVar(&webhookConfig, "webhook-config-name", "falguard-mutating-webhook", "MutatingWebhookConfiguration whose caBundle the manager keeps current")
 	flag.StringVar(&webhookServiceName, "webhook-service-name", "falguard-webhook-service", "Service in front of the webhook (names in the serving certificate)")
@@ -92,7 +93,6 @@ func main() {
 		LeaderElection:          leaderElect,
 		LeaderElectionID:        "falguard-manager.falguard.dev",
 		LeaderElectionNamespace: leaderElectionNamespace,
-		WebhookServer:           webhook.NewServer(webhook.Options{Port: webhookPort, CertDir: webhookCertDir}),
 	})
 	if err != nil {
 		setupLog.Error(err, "unable to create manager")
@@ -124,6 +124,7 @@ func main() {
 		os.Exit(1)
 	}
 	if _, err := podwebhook.Setup(mgr, podwebhook.Options{
+		Host:              webhookHost,
 		Port:              webhookPort,
 		CertDir:           webhookCertDir,
 		SelfManagedCerts:  selfManagedCerts,

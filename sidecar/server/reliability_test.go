@@ -408,3 +408,65 @@ func TestUpstreamBodyCutShowsAsTruncated(t *testing.T) {
 		t.Fatalf("bytes before the cut lost: %q", body)
 	}
 }
+
+func TestProxyHeadersRedirectsAndHopByHop(t *testing.T) {
+	var seen http.Header
+	var seenHost string
+	up := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen, seenHost = r.Header.Clone(), r.Host
+		if strings.HasSuffix(r.URL.Path, "/redirect") {
+			http.Redirect(w, r, "https://evil.example/next", http.StatusFound)
+			return
+		}
+		w.Header().Set("Keep-Alive", "timeout=5")
+		w.Header().Set("Proxy-Authenticate", "Basic")
+		w.Header().Set("X-Fal-Request-Id", "req-1")
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, "data: {}\n\n")
+	}))
+	defer up.Close()
+	pem := t.TempDir() + "/up.pem"
+	writePEM(t, pem, up.Certificate().Raw)
+	h := start(t, func(o *harnessOpts) {
+		o.overrides = []string{"https://fal.run=" + up.URL}
+		o.cfg = append(o.cfg, func(c *server.Config) { c.UpstreamCAFile = pem })
+	})
+	resp, body := h.proxy("POST", "https://fal.run/fal-ai/flux/dev/stream", "{}", map[string]string{
+		"Accept": "text/event-stream", "x-fal-queue-priority": "low", "User-Agent": "app/1.0",
+		"Cookie": "session=1", "X-Forwarded-For": "10.0.0.1", "Authorization": "Bearer app-token",
+	})
+	if resp.StatusCode != 200 || string(body) != "data: {}\n\n" {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	for _, tc := range []struct{ header, want string }{
+		{"Accept", "text/event-stream"}, // not forced to JSON
+		{"X-Fal-Queue-Priority", "low"},
+		{"User-Agent", "app/1.0"},
+		{"Authorization", "Key " + key1},
+		{"X-Fal-Client-Proxy", "falguard/test"},
+		{"X-Fal-Target-Url", ""},
+		{"Cookie", ""},
+		{"X-Forwarded-For", ""},
+	} {
+		if got := seen.Get(tc.header); got != tc.want {
+			t.Errorf("upstream saw %s %q, want %q", tc.header, got, tc.want)
+		}
+	}
+	if seenHost != "fal.run" {
+		t.Errorf("upstream Host %q, want the canonical fal.run", seenHost)
+	}
+	if resp.Header.Get("Keep-Alive") != "" || resp.Header.Get("Proxy-Authenticate") != "" || resp.Header.Get("X-Fal-Request-Id") != "req-1" {
+		t.Errorf("response headers: %v", resp.Header)
+	}
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	req, _ := http.NewRequest("GET", h.base+"/api/fal/proxy", nil)
+	req.Header.Set("x-fal-target-url", "https://fal.run/fal-ai/flux/dev/redirect")
+	r2, err := noFollow.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2.Body.Close()
+	if r2.StatusCode != http.StatusFound || r2.Header.Get("Location") != "https://evil.example/next" {
+		t.Fatalf("redirect: %d %q, want fal's 302 passed back, not followed", r2.StatusCode, r2.Header.Get("Location"))
+	}
+}

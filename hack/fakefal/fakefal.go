@@ -68,6 +68,9 @@ type Call struct {
 	KeyID  string    `json:"keyID"` // key that authenticated it; for a JWT, the key that minted it; "" if none
 	Status int       `json:"status"`
 	Time   time.Time `json:"time"`
+	// Header is the request's headers without Authorization (KeyID says who
+	// authenticated), so tests can check what a proxy forwarded.
+	Header http.Header `json:"header,omitempty"`
 }
 
 type keyEntry struct {

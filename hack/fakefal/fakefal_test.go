@@ -276,8 +276,12 @@ func TestRun(t *testing.T) {
 			if r.status != tt.wantStatus {
 				t.Fatalf("status %d (%s), want %d", r.status, r.body, tt.wantStatus)
 			}
-			if c := f.srv.Calls(); len(c) != 1 || c[0].KeyID != tt.wantKeyID || c[0].Status != tt.wantStatus {
-				t.Errorf("Calls() = %+v, want one call by %q answered %d", c, tt.wantKeyID, tt.wantStatus)
+			c := f.srv.Calls()
+			if len(c) != 1 || c[0].KeyID != tt.wantKeyID || c[0].Status != tt.wantStatus {
+				t.Fatalf("Calls() = %+v, want one call by %q answered %d", c, tt.wantKeyID, tt.wantStatus)
+			}
+			if c[0].Header.Get("Authorization") != "" || c[0].Header.Get("Content-Type") != "application/json" {
+				t.Errorf("recorded header %v: want the request's headers without Authorization", c[0].Header)
 			}
 			if tt.check != nil {
 				tt.check(t, r)

@@ -88,6 +88,7 @@ func (s *Server) hostHandler(host string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rec := &recorder{ResponseWriter: w, s: s, call: Call{
 			Host: host, Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Time: time.Now().UTC(),
+			Header: withoutAuthorization(r.Header),
 		}}
 		defer func() {
 			st := rec.status
@@ -105,6 +106,12 @@ func (s *Server) hostHandler(host string) http.Handler {
 		}
 		route(rec, r)
 	})
+}
+
+func withoutAuthorization(h http.Header) http.Header {
+	c := h.Clone()
+	c.Del("Authorization")
+	return c
 }
 
 // applyHTTPFaults reports whether a fault answered the request.

@@ -77,16 +77,31 @@ test("429 from fal keeps Retry-After for the caller", async () => {
   assert.equal(res.headers.get("retry-after"), "1");
 });
 
-test("realtime token request through the proxy is answered (official proxy 1.2.x: 400)", async () => {
+for (const host of ["rest.fal.ai", "rest.alpha.fal.ai"]) {
+  test(`realtime token request to ${host} through the proxy is answered (official proxy 1.2.x: 400)`, async () => {
+    const res = await fetch(sidecar.proxyUrl, {
+      method: "POST",
+      headers: { "content-type": "application/json", "x-fal-target-url": `https://${host}/tokens/` },
+      body: JSON.stringify({ allowed_apps: ["fast-lcm-diffusion"], token_expiration: 120 }),
+    });
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get("content-type") ?? "", /^application\/json/);
+    const token = await res.json();
+    assert.equal(typeof token, "string", "the answer is a bare JSON string, as fal's");
+    assert.equal(token.split(".").length, 3, "a JWT");
+  });
+}
+
+test("a token request through the proxy for an app outside the policy is refused", async () => {
+  const before = (await fakefal.calls("rest.fal.ai", "/tokens/")).length;
   const res = await fetch(sidecar.proxyUrl, {
     method: "POST",
     headers: { "content-type": "application/json", "x-fal-target-url": "https://rest.fal.ai/tokens/" },
-    body: JSON.stringify({ allowed_apps: ["fast-lcm-diffusion"], token_expiration: 120 }),
+    body: JSON.stringify({ allowed_apps: ["not-allowed"], token_expiration: 120 }),
   });
-  assert.equal(res.status, 200);
-  const token = await res.json();
-  assert.equal(typeof token, "string", "the answer is a bare JSON string, as fal's");
-  assert.equal(token.split(".").length, 3, "a JWT");
+  assert.ok(res.status >= 400 && res.status < 500, `status ${res.status}`);
+  assert.equal(typeof (await res.json()).message, "string");
+  assert.equal((await fakefal.calls("rest.fal.ai", "/tokens/")).length, before, "no token minted");
 });
 
 test("an app outside the policy is refused with a JSON message and never reaches fal", async () => {

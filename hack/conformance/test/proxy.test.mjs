@@ -103,6 +103,27 @@ test("fal.queue: submit, status, result", async () => {
   assert.ok(statusCalls.length >= 3 && statusCalls.every((c) => c.keyID === KEY_ID));
 });
 
+test("fal.queue.submit: webhook query, x-fal-* headers and the client's User-Agent reach fal", async () => {
+  const webhookUrl = "https://hooks.example.com/fal?token=a&b=c";
+  const sub = await fal.queue.submit("fal-ai/flux/dev", {
+    input: { prompt: "hooked" },
+    webhookUrl,
+    priority: "low",
+    hint: "runner-7",
+    startTimeout: 30,
+  });
+  const all = (await fakefal.calls("queue.fal.run", "/fal-ai/flux/dev")).filter((c) => c.method === "POST");
+  const submit = all.find((c) => new URLSearchParams(c.query).get("fal_webhook") === webhookUrl);
+  assert.ok(submit, `no submit with fal_webhook=${webhookUrl} among ${JSON.stringify(all.map((c) => c.query))}`);
+  const h = (name) => submit.header?.[name]?.[0];
+  assert.equal(h("X-Fal-Queue-Priority"), "low");
+  assert.equal(h("X-Fal-Runner-Hint"), "runner-7");
+  assert.equal(h("X-Fal-Request-Timeout"), "30");
+  assert.match(h("User-Agent") ?? "", /^@fal-ai\/client\/1\.10\.1/);
+  assert.equal(h("X-Fal-Target-Url"), undefined, "the proxy header is not sent on to fal");
+  assert.ok(sub.request_id);
+});
+
 test("fal.queue.cancel: PUT goes through and the request ends cancelled", async () => {
   const sub = await fal.queue.submit("fal-ai/flux/dev", { input: { queue_polls: 5 } });
   await fal.queue.cancel("fal-ai/flux/dev", { requestId: sub.request_id });
@@ -127,6 +148,9 @@ test("fal.stream: SSE events stream through intact", async () => {
   assert.equal(last.done, true);
   const call = (await fakefal.calls("fal.run", "/fal-ai/flux/dev/stream")).at(-1);
   assert.equal(call.keyID, KEY_ID);
+  // The client sends "application/json, text/event-stream"; the official
+  // proxy would force "application/json".
+  assert.match(call.header?.["Accept"]?.[0] ?? "", /text\/event-stream/, "the client's Accept is kept");
 });
 
 test("fal.storage.upload: initiate through the proxy, PUT straight to the CDN", async () => {

@@ -84,36 +84,47 @@ type Env struct {
 	Steps        *Steps
 	Procs        *Procs
 
-	Assets             string // KUBEBUILDER_ASSETS
-	Kubectl            string
-	ManagerBin         string
-	SidecarBin         string
-	Kubeconfig         string
-	TestEnv            *envtest.Environment
-	REST               *rest.Config
-	Kube               kubernetes.Interface
-	Client             client.Client
-	Fal                *fakefal.Server
-	AdminKey           string
+	// Binaries and the kubeconfig written for people and the manager.
+	Assets     string // KUBEBUILDER_ASSETS
+	Kubectl    string
+	ManagerBin string
+	SidecarBin string
+	Kubeconfig string
+
+	// The control plane and clients of it.
+	TestEnv *envtest.Environment
+	REST    *rest.Config
+	Kube    kubernetes.Interface
+	Client  client.Client
+
+	// fakefal, and the ADMIN key it accepts for rotations.
+	Fal      *fakefal.Server
+	AdminKey string
+
+	// The manager and its webhook.
 	WebhookConfigName  string
 	WebhookPort        int
 	ManagerMetricsPort int
 	ManagerProbePort   int
-	Kubelet            *Kubelet
 	ManagerRestarts    int
 	managerArgs        []string
 	managerMu          sync.Mutex
 	manager            *Proc
-	keepRunDir         bool
-	controlPlaneLogs   []*os.File
-	controlPlaneTails  map[string]*tailBuffer
-	closeOnce          sync.Once
-	pods               []*RunningPod
-	podsMu             sync.Mutex
-	buildTimes         map[string]time.Duration
-	envtestWasCold     bool
+
+	Kubelet *Kubelet
+	podsMu  sync.Mutex
+	pods    []*RunningPod
+
+	// Timings for the summary.
 	TimeToControlPlane time.Duration
 	TimeToManagerReady time.Duration
+	buildTimes         map[string]time.Duration
+	envtestWasCold     bool
+
+	keepRunDir        bool
+	controlPlaneLogs  []*os.File
+	controlPlaneTails map[string]*tailBuffer
+	closeOnce         sync.Once
 }
 
 // Scheme knows the core types and FalCredential.

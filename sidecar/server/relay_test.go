@@ -206,3 +206,20 @@ func TestRelayMessageSizeCap(t *testing.T) {
 		t.Fatalf("oversized message: close %d (%v), want 1009", code, err)
 	}
 }
+
+func TestRelayRefreshesARefusedToken(t *testing.T) {
+	h := start(t)
+	if st := h.status(h.base + "/api/fal/token?app=fal-ai/fast-lcm-diffusion"); st != 200 {
+		t.Fatal(st) // a token is now cached
+	}
+	// fal refuses the cached token once (as after a revocation it was not told about).
+	h.fal.SetFault(fakefal.Fault{Host: "fal.run", RefuseKeyID: "kid1", Times: 1})
+	c, resp, err := h.dialRelay("/realtime/fal-ai/fast-lcm-diffusion")
+	if err != nil {
+		t.Fatalf("relay did not recover from a refused token: %v %v", err, resp)
+	}
+	roundTripJSON(t, c, map[string]any{"prompt": "a"})
+	if n := h.fal.CountCalls("rest.fal.ai", "/tokens/"); n != 2 {
+		t.Fatalf("%d token mints, want 2 (the refused token replaced once)", n)
+	}
+}

@@ -3,14 +3,19 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gorilla/websocket"
 
 	"github.com/falguard/falguard/hack/fakefal"
 )
@@ -129,5 +134,80 @@ func TestStandaloneFromEnv(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), `"msg":"credentials loaded"`) {
 		t.Fatalf("logs are not JSON by default:\n%s", logs.String())
+	}
+}
+
+// TestBinarySIGTERM builds the real binary (version stamped with -ldflags)
+// and checks the process contract: SIGTERM makes readiness fail at once, an
+// open realtime relay is closed with 1001 by the end of the drain, and the
+// process exits 0.
+func TestBinarySIGTERM(t *testing.T) {
+	bin := t.TempDir() + "/falguard-sidecar"
+	if out, err := exec.Command("go", "build", "-ldflags", "-X main.version=v9.9.9-test", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(bin, "version").Output(); err != nil || string(out) != "v9.9.9-test\n" {
+		t.Fatalf("version: %q %v", out, err)
+	}
+	fal, err := fakefal.Start(fakefal.Options{Keys: []string{"kid:binary-secret-value"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fal.Close()
+	listen, opsListen := freePort(t), freePort(t)
+	cmd := exec.Command(bin, "run", "--key-env", "FAL_KEY", "--allowed-app", "fal-ai/fast-lcm-diffusion",
+		"--listen", listen, "--ops-listen", opsListen, "--min-shutdown-delay", "200ms", "--max-shutdown-delay", "500ms")
+	cmd.Env = append(os.Environ(), "FAL_KEY=kid:binary-secret-value",
+		"FALGUARD_UPSTREAM_OVERRIDE="+strings.Join(fal.Overrides(), ","), "FALGUARD_UPSTREAM_CA_FILE="+fal.CAFile())
+	logs := &lockedBuf{}
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() { _ = cmd.Process.Kill() }()
+
+	if code := run(context.Background(), []string{"wait", "--ops-listen", opsListen, "--timeout", "10s"}, func(string) string { return "" }, io.Discard, io.Discard); code != 0 {
+		t.Fatalf("never ready:\n%s", logs.String())
+	}
+	ws, _, err := websocket.DefaultDialer.Dial("ws://"+listen+"/realtime/fal-ai/fast-lcm-diffusion", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp, err := http.Get("http://" + opsListen + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusServiceUnavailable {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("readyz did not turn 503 after SIGTERM")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, _, err = ws.ReadMessage()
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != websocket.CloseGoingAway {
+		t.Fatalf("open relay ended with %v, want close 1001", err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("exit: %v\n%s", err, logs.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("process did not exit after SIGTERM")
+	}
+	if strings.Contains(logs.String(), "binary-secret-value") {
+		t.Fatalf("logs leak the key:\n%s", logs.String())
 	}
 }

@@ -262,6 +262,11 @@ func TestRun(t *testing.T) {
 				t.Error("429 without Retry-After")
 			}
 		}},
+		{"fail 504 user timeout", "POST", "/fal-ai/flux", "Key " + apiKey, map[string]any{"fail_status": 504}, 504, "kid", func(t *testing.T, r resp) {
+			if r.header.Get("x-fal-request-timeout-type") != "user" {
+				t.Error("504 without x-fal-request-timeout-type: user")
+			}
+		}},
 		{"jwt bearer for allowed app", "POST", "/fal-ai/flux", "Bearer " + tok, map[string]any{}, 200, "kid2", nil},
 		{"jwt query for allowed app", "POST", "/fal-ai/flux/stream?fal_jwt_token=" + tok, "", map[string]any{"num_events": 1}, 200, "kid2", nil},
 		{"jwt for another app", "POST", "/fal-ai/lcm", "Bearer " + tok, map[string]any{}, 403, "kid2", nil},
@@ -305,6 +310,30 @@ func sseData(t *testing.T, body []byte) []map[string]any {
 		}
 	}
 	return out
+}
+
+func TestParseApp(t *testing.T) {
+	tests := []struct {
+		path string
+		want appRef
+		ok   bool
+	}{
+		{"/fal-ai/flux", appRef{owner: "fal-ai", alias: "flux"}, true},
+		{"/fal-ai/fast-lcm-diffusion/image-to-image/realtime", appRef{owner: "fal-ai", alias: "fast-lcm-diffusion", path: "image-to-image/realtime"}, true},
+		{"/workflows/me/flow/stream", appRef{namespace: "workflows", owner: "me", alias: "flow", path: "stream"}, true},
+		{"/comfy/me/graph", appRef{namespace: "comfy", owner: "me", alias: "graph"}, true},
+		{"/fal-ai", appRef{}, false},
+		{"/workflows/me", appRef{}, false},
+		{"/", appRef{}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.path, func(t *testing.T) {
+			got, ok := parseApp(tt.path)
+			if ok != tt.ok || (ok && got != tt.want) {
+				t.Errorf("parseApp(%q) = %+v, %v; want %+v, %v", tt.path, got, ok, tt.want, tt.ok)
+			}
+		})
+	}
 }
 
 func TestStream(t *testing.T) {

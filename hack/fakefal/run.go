@@ -148,6 +148,10 @@ func writeFailure(w http.ResponseWriter, status int) {
 		writeDetail(w, status, "Rate limit exceeded")
 	case http.StatusUnauthorized:
 		writeDetail(w, status, "No user found for Key ID and Secret")
+	case http.StatusGatewayTimeout:
+		// The app's own timeout ran out: fal marks it so clients don't retry.
+		w.Header().Set("x-fal-request-timeout-type", "user")
+		writeDetail(w, status, "Request timed out")
 	default:
 		w.Header().Set("x-fal-error-type", "internal_error")
 		writeDetail(w, status, http.StatusText(status))

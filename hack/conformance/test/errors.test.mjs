@@ -59,6 +59,16 @@ test("upstream 429 is kept, so the client's own retry recovers (the Express prox
   );
 });
 
+test("upstream 504 with x-fal-request-timeout-type: user is kept, so the client does not retry it", async () => {
+  await assert.rejects(fal.run("fal-ai/flux/user-timeout", { input: { fail_status: 504 } }), (e) => {
+    assert.ok(e instanceof ApiError, `got ${e}`);
+    assert.equal(e.status, 504);
+    assert.equal(e.timeoutType, "user", "x-fal-request-timeout-type reached the client");
+    return true;
+  });
+  assert.equal((await fakefal.calls("fal.run", "/fal-ai/flux/user-timeout")).length, 1, "no retry");
+});
+
 test("ValidationError keeps fal's field errors", async () => {
   await assert.rejects(fal.run("fal-ai/flux/dev", { input: { fail_status: 422 } }), (e) => {
     assert.ok(e instanceof ValidationError);

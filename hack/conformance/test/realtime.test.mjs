@@ -238,6 +238,32 @@ test("(c) through the relay with a plain ws client: ping/pong and a 1 MiB msgpac
   }
 });
 
+test("(c) through the relay: SIGTERM closes open relays with 1001 for the app", async () => {
+  const own = await startSidecar(fakefal, { allowedApps: [APP] });
+  let stopped;
+  try {
+    globalThis.WebSocket = webSocketShim((u) => u.replace(/^wss:\/\/fal\.run/, own.relayUrl));
+    const fal = createFalClient({});
+    const results = [];
+    const errors = [];
+    const conn = fal.realtime.connect(APP, {
+      throttleInterval: 0,
+      tokenProvider: async () => "unused",
+      onResult: (r) => results.push(r),
+      onError: (e) => errors.push(e),
+    });
+    conn.send({ prompt: "before shutdown" });
+    await waitFor(() => results.length > 0 || errors.length > 0, 10_000, "a result");
+    assert.deepEqual(errors, []);
+    stopped = own.stop();
+    await waitFor(() => errors.length > 0, 15_000, "the relay to close");
+    assert.equal(errors[0].status, 1001, `got ${errors[0].status}: ${errors[0].message}`);
+    conn.close();
+  } finally {
+    await (stopped ?? own.stop());
+  }
+});
+
 function withTimeout(p, ms, what) {
   let t;
   return Promise.race([p, new Promise((_, reject) => (t = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms)))]).finally(() =>

@@ -732,6 +732,9 @@ func getText(ctx context.Context, url string) (string, error) {
 // DumpLogs writes the tail of every process's log, the control plane's
 // included, to w.
 func (e *Env) DumpLogs(w io.Writer) {
+	if !e.keepRunDir {
+		fmt.Fprintln(w, "(the full logs below are removed on exit; keep them with E2E_KEEP=1 for the e2e suite, --keep for the demo)")
+	}
 	for _, name := range []string{"etcd", "kube-apiserver"} {
 		if tb := e.controlPlaneTails[name]; tb != nil {
 			fmt.Fprintf(w, "\n===== %s (full log %s) =====\n%s\n", name, filepath.Join(e.RunDir, "logs", name+".log"), lastLines(tb.String(), 60))

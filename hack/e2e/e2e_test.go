@@ -55,7 +55,8 @@ func TestEndToEnd(t *testing.T) {
 		ctx, cancel = context.WithDeadline(ctx, dl.Add(-45*time.Second))
 		defer cancel()
 	}
-	env, err := demo.Start(ctx, demo.Options{Out: os.Stdout})
+	keep := os.Getenv("E2E_KEEP") != ""
+	env, err := demo.Start(ctx, demo.Options{Out: os.Stdout, KeepRunDir: keep})
 	if err != nil {
 		t.Fatalf("bringing the system up: %v", err)
 	}

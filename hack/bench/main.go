@@ -59,6 +59,7 @@ type config struct {
 	quick       bool
 	out         string
 	sidecarBin  string
+	sidecarB    string // optional second sidecar build, measured as its own peer (A/B of a fix)
 	nodeBin     string
 	nginxBin    string
 	officialDir string
@@ -77,6 +78,7 @@ func main() {
 	flag.BoolVar(&cfg.quick, "quick", false, "tiny counts: check that every workload runs and produces numbers (no speed assertions)")
 	flag.StringVar(&cfg.out, "out", "docs/benchmarks.md", "where to write the report")
 	flag.StringVar(&cfg.sidecarBin, "sidecar", "bin/falguard-sidecar", "falguard-sidecar binary")
+	flag.StringVar(&cfg.sidecarB, "sidecar-b", "", "a second falguard-sidecar build to measure side by side (A/B of a proposed fix)")
 	flag.StringVar(&cfg.nodeBin, "node", "node", "node binary for the official proxy")
 	flag.StringVar(&cfg.nginxBin, "nginx", "nginx", "nginx binary")
 	flag.StringVar(&cfg.officialDir, "official-dir", "hack/bench/officialproxy", "the official proxy launcher (npm ci done)")
@@ -116,7 +118,10 @@ func run(ctx context.Context, cfg config) (err error) {
 			err = fmt.Errorf("panic: %v", r)
 		}
 	}()
-	for _, p := range []*string{&cfg.sidecarBin, &cfg.officialDir, &cfg.distDir} {
+	for _, p := range []*string{&cfg.sidecarBin, &cfg.sidecarB, &cfg.officialDir, &cfg.distDir} {
+		if *p == "" {
+			continue
+		}
 		if abs, err := filepath.Abs(*p); err == nil {
 			*p = abs
 		}
@@ -151,6 +156,11 @@ func run(ctx context.Context, cfg config) (err error) {
 	rep := &report{cfg: cfg, started: started.UTC(), machine: machineInfo(cfg)}
 	all := []string{peerDirect, peerNginx, peerOfficial, peerSidecar}
 	relayPeers := []string{peerDirect, peerNginx, peerSidecar} // the official proxy relays no WebSocket
+	if cfg.sidecarB != "" {
+		all = append(all, peerSidecarB)
+		relayPeers = append(relayPeers, peerSidecarB)
+	}
+	rep.allPeers, rep.relayPeers = all, relayPeers
 
 	steps := []struct {
 		name string
@@ -171,6 +181,9 @@ func run(ctx context.Context, cfg config) (err error) {
 		if err := st.run(); err != nil {
 			return fmt.Errorf("%s workload: %w", st.name, err)
 		}
+	}
+	if ctx.Err() != nil {
+		return errors.New("interrupted: the report was not written")
 	}
 	rep.took = time.Since(started)
 

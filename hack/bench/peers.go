@@ -26,6 +26,7 @@ const (
 	peerNginx    = "nginx"
 	peerOfficial = "official proxy"
 	peerSidecar  = "falguard-sidecar"
+	peerSidecarB = "sidecar B (-sidecar-b)"
 )
 
 const (
@@ -124,6 +125,12 @@ func (e *env) start(ctx context.Context, name string) (*endpoint, error) {
 		return e.startOfficial(ctx)
 	case peerSidecar:
 		ep, _, err := e.startSidecar(ctx, sidecarOpts{})
+		return ep, err
+	case peerSidecarB:
+		ep, _, err := e.startSidecar(ctx, sidecarOpts{bin: e.cfg.sidecarB})
+		if ep != nil {
+			ep.name = peerSidecarB
+		}
 		return ep, err
 	}
 	return nil, fmt.Errorf("unknown peer %q", name)
@@ -342,6 +349,7 @@ func portOf(rawURL string) string {
 // sidecarOpts choose how the sidecar gets its key: from a credentials dir
 // (the Kubernetes layout) or, by default, from the environment.
 type sidecarOpts struct {
+	bin      string // default: -sidecar
 	credsDir string
 	// noCA leaves out --upstream-ca-file, as in production: the flag makes
 	// the sidecar load the system roots eagerly (to add fakefal's CA to
@@ -386,7 +394,11 @@ func (e *env) startSidecar(ctx context.Context, o sidecarOpts) (*endpoint, sidec
 		return nil, sidecarInfo{}, err
 	}
 	args, envv := e.sidecarArgs(port, opsPort, o)
-	p, err := startProc("falguard-sidecar", envv, e.workDir, nil, e.cfg.sidecarBin, args...)
+	bin := e.cfg.sidecarBin
+	if o.bin != "" {
+		bin = o.bin
+	}
+	p, err := startProc("falguard-sidecar", envv, e.workDir, nil, bin, args...)
 	if err != nil {
 		return nil, sidecarInfo{}, err
 	}

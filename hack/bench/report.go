@@ -13,16 +13,18 @@ import (
 )
 
 type report struct {
-	cfg      config
-	started  time.Time
-	took     time.Duration
-	machine  []string
-	proxy    map[string]map[int]*proxyResult
-	sse      map[string]*sseResult
-	relay    map[string]map[int]*relayResult
-	sessions map[string]*sessionsResult
-	tokens   map[string]*tokenResult
-	alone    *sidecarAlone
+	cfg        config
+	allPeers   []string // every peer, in report order
+	relayPeers []string // those that relay WebSockets
+	started    time.Time
+	took       time.Duration
+	machine    []string
+	proxy      map[string]map[int]*proxyResult
+	sse        map[string]*sseResult
+	relay      map[string]map[int]*relayResult
+	sessions   map[string]*sessionsResult
+	tokens     map[string]*tokenResult
+	alone      *sidecarAlone
 }
 
 func firstLine(b []byte) string {
@@ -246,7 +248,11 @@ func (r *report) markdown() string {
 	w("  undici `connect.lookup` override, fakefal's CA from `NODE_EXTRA_CA_CERTS`. It relays no WebSocket, so it has no\n")
 	w("  realtime figures (fal-js clients connect to fal directly with a token it fetched).\n")
 	w("- **falguard-sidecar**: `falguard-sidecar run --key-env FAL_KEY --allowed-app 'fal-ai/*'` with fakefal's hosts\n")
-	w("  overridden; default settings otherwise.\n\n")
+	w("  overridden; default settings otherwise.\n")
+	if r.cfg.sidecarB != "" {
+		w("- **%s**: a second sidecar build (%s), run with the same flags, to compare a proposed change in the same run.\n", peerSidecarB, r.cfg.sidecarB)
+	}
+	w("\n")
 	w("CPU is user+system time of the hop's processes (nginx: master and workers) from `/proc/<pid>/stat`; RSS is `VmRSS`,\n")
 	w("peak RSS `VmHWM`, from `/proc/<pid>/status`. Hop-only figures (CPU, RSS) have no direct value, so their ratio is\n")
 	w("to nginx's.\n")
@@ -263,7 +269,7 @@ func (r *report) markdown() string {
 		w("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		d := r.proxy[peerDirect][c]
 		n := r.proxy[peerNginx][c]
-		for _, p := range []string{peerDirect, peerNginx, peerOfficial, peerSidecar} {
+		for _, p := range r.allPeers {
 			pr := r.proxy[p][c]
 			if pr == nil {
 				continue
@@ -285,7 +291,7 @@ func (r *report) markdown() string {
 	w("| peer | first p50 ms | added | last p50 ms | added | last p99 ms | added | last vs direct | streams | errors |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	if d := r.sse[peerDirect]; d != nil {
 		df, dl, dl99 := percentile(d.first, .5), percentile(d.last, .5), percentile(d.last, .99)
-		for _, p := range []string{peerDirect, peerNginx, peerOfficial, peerSidecar} {
+		for _, p := range r.allPeers {
 			s := r.sse[p]
 			if s == nil {
 				continue
@@ -303,7 +309,7 @@ func (r *report) markdown() string {
 		w("\n### %s messages\n\n", sizeName(size))
 		w("| peer | p50 ms | p99 ms | added p50 | added p99 | MB/s | vs direct | messages |\n|---|---|---|---|---|---|---|---|\n")
 		d := r.relay[peerDirect][size]
-		for _, p := range []string{peerDirect, peerNginx, peerSidecar} {
+		for _, p := range r.relayPeers {
 			rr := r.relay[p][size]
 			if rr == nil || d == nil {
 				continue
@@ -325,7 +331,7 @@ func (r *report) markdown() string {
 		w("| peer | RSS before MiB | RSS idle MiB | KiB per idle session | vs nginx | CPU s | CPU %% of a core | vs nginx | RSS loaded MiB | peak MiB | RTT p50 ms | RTT p99 ms | messages | errors |\n")
 		w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		n := s[peerNginx]
-		for _, p := range []string{peerDirect, peerNginx, peerSidecar} {
+		for _, p := range r.relayPeers {
 			v := s[p]
 			if v == nil {
 				continue
@@ -349,7 +355,7 @@ func (r *report) markdown() string {
 	w("proxy 1.2.1 only after widening its allowlist). Upstream calls are counted at fakefal.\n\n")
 	w("| peer | upstream token calls | p50 ms | p99 ms | p99 vs direct | req/s | requests | errors | 1 caller: p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	if d := r.tokens[peerDirect]; d != nil {
-		for _, p := range []string{peerDirect, peerNginx, peerOfficial, peerSidecar} {
+		for _, p := range r.allPeers {
 			t := r.tokens[p]
 			if t == nil {
 				continue
@@ -390,7 +396,7 @@ func (r *report) check() []string {
 		}
 	}
 	runs := r.cfg.runs
-	for _, p := range []string{peerDirect, peerNginx, peerOfficial, peerSidecar} {
+	for _, p := range r.allPeers {
 		for _, c := range proxyConcs {
 			if !runs("proxy") {
 				break
@@ -414,7 +420,7 @@ func (r *report) check() []string {
 			bad(t.serial.n == 0 || t.serial.errs > 0, "tokens %s, 1 caller: %d requests, %d errors, first: %v", p, t.serial.n, t.serial.errs, t.serial.firstErr)
 		}
 	}
-	for _, p := range []string{peerDirect, peerNginx, peerSidecar} {
+	for _, p := range r.relayPeers {
 		for _, size := range relaySizes {
 			rr := r.relay[p][size]
 			bad(runs("relay") && (rr == nil || len(rr.rtt) == 0 || rr.bytes == 0), "relay %s %s: no messages", sizeName(size), p)

@@ -68,7 +68,7 @@ envtest: ## Build (once per machine) and link the envtest control plane into ./b
 
 .PHONY: test
 test: ## Run every test suite: generated-file check, vet, Go tests on a real API server, and the suites in hack/make.
-	@$(MAKE) --no-print-directory $(TEST_TARGETS)
+	@$(MAKE) --no-print-directory -k $(TEST_TARGETS)
 
 .PHONY: test-go
 test-go: envtest ## Run the Go tests (unit and envtest).

@@ -205,15 +205,15 @@ func stream(w http.ResponseWriter, body io.Reader, secret string) error {
 	for {
 		n, rerr := body.Read(buf)
 		if n > 0 {
+			// The redactor holds back only bytes that could begin the
+			// secret, so this flush delays nothing an SSE client waits for.
 			if _, err := red.Write(buf[:n]); err != nil {
 				return nil // the app went away
-			}
-			if err := red.Flush(); err != nil { // nothing can follow a flushed tail
-				return nil
 			}
 			_ = rc.Flush()
 		}
 		if rerr == io.EOF {
+			_ = red.Flush()
 			return nil
 		}
 		if rerr != nil {

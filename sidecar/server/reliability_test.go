@@ -470,3 +470,27 @@ func TestProxyHeadersRedirectsAndHopByHop(t *testing.T) {
 		t.Fatalf("redirect: %d %q, want fal's 302 passed back, not followed", r2.StatusCode, r2.Header.Get("Location"))
 	}
 }
+
+func TestKeyMaskedWhenFalSplitsItAcrossChunks(t *testing.T) {
+	up := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		auth := r.Header.Get("Authorization") // "Key kid1:sec-one-..."
+		half := len(auth) / 2
+		w.Header().Set("X-Echo", auth)
+		fmt.Fprintf(w, "data: %s", auth[:half])
+		w.(http.Flusher).Flush()
+		time.Sleep(50 * time.Millisecond) // a separate read on the sidecar's side
+		fmt.Fprintf(w, "%s\n\n", auth[half:])
+	}))
+	defer up.Close()
+	pem := t.TempDir() + "/up.pem"
+	writePEM(t, pem, up.Certificate().Raw)
+	h := start(t, func(o *harnessOpts) {
+		o.overrides = []string{"https://fal.run=" + up.URL}
+		o.cfg = append(o.cfg, func(c *server.Config) { c.UpstreamCAFile = pem })
+	})
+	resp, body := h.proxy("POST", "https://fal.run/fal-ai/flux/dev/stream", "{}", nil)
+	want := "data: Key kid1:" + strings.Repeat("*", len(secret1)) + "\n\n"
+	if resp.StatusCode != 200 || string(body) != want || strings.Contains(resp.Header.Get("X-Echo"), secret1) {
+		t.Fatalf("got %d %q (X-Echo %q), want %q", resp.StatusCode, body, resp.Header.Get("X-Echo"), want)
+	}
+}

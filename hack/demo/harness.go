@@ -699,7 +699,12 @@ func (e *Env) RestartManager(ctx context.Context) error {
 		e.Steps.Detail("the old manager exited with %v", err)
 	}
 	e.ManagerRestarts++
-	return e.launchManager(ctx)
+	t := time.Now()
+	if err := e.launchManager(ctx); err != nil {
+		return err
+	}
+	e.Steps.Detail("manager restarted: the new process is ready and serving the webhook after %s", fmtDur(time.Since(t)))
+	return nil
 }
 
 // ManagerMetrics fetches the manager's Prometheus metrics.

@@ -29,6 +29,15 @@ func (r *Writer) Write(p []byte) (int, error) {
 	if len(r.secret) == 0 {
 		return r.w.Write(p)
 	}
+	if len(r.buf) == 0 && !bytes.Contains(p, r.secret) {
+		// Fast path, no copy: nothing to mask, hold back a possible prefix.
+		keep := heldBack(p, r.secret)
+		if _, err := r.w.Write(p[:len(p)-keep]); err != nil {
+			return 0, err
+		}
+		r.buf = append(r.buf, p[len(p)-keep:]...)
+		return len(p), nil
+	}
 	r.buf = append(r.buf, p...)
 	for {
 		i := bytes.Index(r.buf, r.secret)

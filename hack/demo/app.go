@@ -163,7 +163,7 @@ func (a *App) Call(ctx context.Context, op string, args any, out any) error {
 		}
 		return nil
 	case <-a.closed:
-		return fmt.Errorf("app %s: the app exited (%v)", op, a.readErr)
+		return fmt.Errorf("app %s: the app exited (%w)", op, a.readErr)
 	case <-ctx.Done():
 		return fmt.Errorf("app %s: %w", op, context.Cause(ctx))
 	}

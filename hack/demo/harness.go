@@ -254,7 +254,7 @@ func (e *Env) prepareTools(ctx context.Context) error {
 		}
 	}
 	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("hack/envtest.sh failed (%v); its output:\n%s", err, indent(strings.Join(tail, "\n")))
+		return fmt.Errorf("hack/envtest.sh failed (%w); its output:\n%s", err, indent(strings.Join(tail, "\n")))
 	}
 	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
 	e.Assets = lines[len(lines)-1]
@@ -325,7 +325,7 @@ func (e *Env) run(ctx context.Context, dir string, name string, args ...string) 
 	cmd.Dir = dir
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("%s %s (in %s): %v\n%s", name, strings.Join(args, " "), relTo(e.Root, dir), err, indent(strings.TrimSpace(string(out))))
+		return fmt.Errorf("%s %s (in %s): %w\n%s", name, strings.Join(args, " "), relTo(e.Root, dir), err, indent(strings.TrimSpace(string(out))))
 	}
 	return nil
 }
@@ -353,12 +353,12 @@ func lockFile(path string) (func(), error) {
 		return nil, fmt.Errorf("opening lock %s: %w", path, err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		f.Close()
+		_ = f.Close()
 		return nil, fmt.Errorf("locking %s: %w", path, err)
 	}
 	return func() {
 		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-		f.Close()
+		_ = f.Close()
 	}, nil
 }
 
@@ -387,7 +387,9 @@ func (e *Env) startControlPlane(ctx context.Context) error {
 		}
 	}
 	// envtest reads KUBEBUILDER_ASSETS before BinaryAssetsDirectory; ours wins.
-	os.Setenv("KUBEBUILDER_ASSETS", e.Assets)
+	if err := os.Setenv("KUBEBUILDER_ASSETS", e.Assets); err != nil {
+		return fmt.Errorf("setting KUBEBUILDER_ASSETS: %w", err)
+	}
 	cfg, err := te.Start()
 	if err != nil {
 		return fmt.Errorf("starting kube-apiserver and etcd from %s: %w", e.Assets, err)
@@ -556,11 +558,12 @@ func RewriteWebhookToURL(mwc *admissionregistrationv1.MutatingWebhookConfigurati
 
 // FreePort asks the kernel for a free port on 127.0.0.1.
 func FreePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	var lc net.ListenConfig
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("finding a free port: %w", err)
 	}
-	defer ln.Close()
+	defer func() { _ = ln.Close() }()
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
@@ -608,7 +611,8 @@ func (e *Env) startManager(ctx context.Context) error {
 }
 
 func (e *Env) launchManager(ctx context.Context) error {
-	cmd := exec.Command(e.ManagerBin, e.managerArgs...)
+	// Its lifetime is Procs' (SIGTERM on Stop), not a context's.
+	cmd := exec.CommandContext(context.Background(), e.ManagerBin, e.managerArgs...)
 	cmd.Env = append(os.Environ(), "POD_NAMESPACE="+OperatorNamespace)
 	name := "manager"
 	if e.ManagerRestarts > 0 {
@@ -653,7 +657,7 @@ func (e *Env) checkWebhookTLS(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("TLS to the webhook with its caBundle: %w", err)
 		}
-		conn.Close()
+		_ = conn.Close()
 	}
 	return nil
 }
@@ -738,11 +742,11 @@ func getText(ctx context.Context, url string) (string, error) {
 // included, to w.
 func (e *Env) DumpLogs(w io.Writer) {
 	if !e.keepRunDir {
-		fmt.Fprintln(w, "(the full logs below are removed on exit; keep them with E2E_KEEP=1 for the e2e suite, --keep for the demo)")
+		_, _ = fmt.Fprintln(w, "(the full logs below are removed on exit; keep them with E2E_KEEP=1 for the e2e suite, --keep for the demo)")
 	}
 	for _, name := range []string{"etcd", "kube-apiserver"} {
 		if tb := e.controlPlaneTails[name]; tb != nil {
-			fmt.Fprintf(w, "\n===== %s (full log %s) =====\n%s\n", name, filepath.Join(e.RunDir, "logs", name+".log"), lastLines(tb.String(), 60))
+			_, _ = fmt.Fprintf(w, "\n===== %s (full log %s) =====\n%s\n", name, filepath.Join(e.RunDir, "logs", name+".log"), lastLines(tb.String(), 60))
 		}
 	}
 	e.Procs.DumpLogs(w)
@@ -768,7 +772,7 @@ func (e *Env) Close() {
 			}
 		}
 		for _, f := range e.controlPlaneLogs {
-			f.Close()
+			_ = f.Close()
 		}
 		if !e.keepRunDir {
 			_ = os.RemoveAll(e.RunDir)
@@ -821,8 +825,9 @@ func (e *Env) Leftovers() []string {
 	}
 	e.podsMu.Unlock()
 	for _, a := range addrs {
-		if c, err := net.DialTimeout("tcp", a, 500*time.Millisecond); err == nil {
-			c.Close()
+		d := net.Dialer{Timeout: 500 * time.Millisecond}
+		if c, err := d.DialContext(context.Background(), "tcp", a); err == nil {
+			_ = c.Close()
 			out = append(out, "something still listens on "+a)
 		}
 	}

@@ -329,7 +329,7 @@ func secretPayload(s *corev1.Secret, src *corev1.SecretVolumeSource) (map[string
 			if src.Optional != nil && *src.Optional {
 				continue
 			}
-			return nil, fmt.Errorf("Secret %s has no key %q named in the volume's items", s.Name, it.Key)
+			return nil, fmt.Errorf("secret %s has no key %q named in the volume's items", s.Name, it.Key)
 		}
 		m := mode
 		if it.Mode != nil {
@@ -390,7 +390,8 @@ func (rp *RunningPod) startContainer(spec corev1.Container, init, sidecar bool) 
 }
 
 func (rp *RunningPod) launch(ct *Container, img Image) error {
-	cmd := exec.Command(ct.Argv[0], ct.Argv[1:]...)
+	// Its lifetime is Procs' (SIGTERM with the pod's grace period), not a context's.
+	cmd := exec.CommandContext(context.Background(), ct.Argv[0], ct.Argv[1:]...)
 	cmd.Env = ct.Env
 	var stdin io.WriteCloser
 	var stdout io.ReadCloser

@@ -67,9 +67,9 @@ func (ps *Procs) StartTee(name string, cmd *exec.Cmd, tee io.WriteCloser) (*Proc
 	// Own process group, so Stop reaches grandchildren (npm, node); and a
 	// parent-death signal, so a harness killed with SIGKILL leaves nothing behind.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	fmt.Fprintf(f, "### %s: %s\n", time.Now().Format(time.RFC3339), strings.Join(cmd.Args, " "))
+	_, _ = fmt.Fprintf(f, "### %s: %s\n", time.Now().Format(time.RFC3339), strings.Join(cmd.Args, " "))
 	if err := cmd.Start(); err != nil {
-		f.Close()
+		_ = f.Close()
 		if tee != nil {
 			tee.Close()
 		}
@@ -80,7 +80,7 @@ func (ps *Procs) StartTee(name string, cmd *exec.Cmd, tee io.WriteCloser) (*Proc
 		if tee != nil {
 			tee.Close()
 		}
-		fmt.Fprintf(f, "### %s: exited: %v\n", time.Now().Format(time.RFC3339), exitText(p.err))
+		_, _ = fmt.Fprintf(f, "### %s: exited: %v\n", time.Now().Format(time.RFC3339), exitText(p.err))
 		close(p.done)
 	}()
 	ps.mu.Lock()
@@ -148,7 +148,7 @@ func (p *Proc) Stop(grace time.Duration) error {
 
 func (p *Proc) closeLog() {
 	<-p.done
-	p.logFile.Close()
+	_ = p.logFile.Close()
 }
 
 // Close stops every process, newest first (apps before the sidecars and the
@@ -180,7 +180,7 @@ func (ps *Procs) DumpLogs(w io.Writer) {
 		if done, err := p.Exited(); done {
 			state = "exited: " + exitText(err)
 		}
-		fmt.Fprintf(w, "\n===== %s (%s; full log %s) =====\n%s\n", p.Name, state, p.LogPath, p.Tail())
+		_, _ = fmt.Fprintf(w, "\n===== %s (%s; full log %s) =====\n%s\n", p.Name, state, p.LogPath, p.Tail())
 	}
 }
 
@@ -201,7 +201,7 @@ func waitUntil(ctx context.Context, what string, every time.Duration, check func
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%s: %w (last error: %v)", what, context.Cause(ctx), last)
+			return fmt.Errorf("%s: %w (last error: %w)", what, context.Cause(ctx), last)
 		case <-t.C:
 		}
 	}

@@ -30,7 +30,7 @@ func (s *Steps) Begin(format string, args ...any) {
 	s.n++
 	s.current = fmt.Sprintf(format, args...)
 	s.began = time.Now()
-	fmt.Fprintf(s.w, "%s %2d. %s ...\n", s.stamp(), s.n, s.current)
+	_, _ = fmt.Fprintf(s.w, "%s %2d. %s ...\n", s.stamp(), s.n, s.current)
 }
 
 // End finishes the current step with a short result.
@@ -42,7 +42,7 @@ func (s *Steps) End(format string, args ...any) time.Duration {
 	if msg != "" {
 		msg = ": " + msg
 	}
-	fmt.Fprintf(s.w, "%s     done in %s%s\n", s.stamp(), fmtDur(d), msg)
+	_, _ = fmt.Fprintf(s.w, "%s     done in %s%s\n", s.stamp(), fmtDur(d), msg)
 	return d
 }
 
@@ -50,21 +50,21 @@ func (s *Steps) End(format string, args ...any) time.Duration {
 func (s *Steps) Fail(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	fmt.Fprintf(s.w, "%s     FAILED after %s: %s\n", s.stamp(), fmtDur(time.Since(s.began)), strings.ReplaceAll(err.Error(), "\n", "\n        "))
+	_, _ = fmt.Fprintf(s.w, "%s     FAILED after %s: %s\n", s.stamp(), fmtDur(time.Since(s.began)), strings.ReplaceAll(err.Error(), "\n", "\n        "))
 }
 
 // Detail prints an indented line under the current step.
 func (s *Steps) Detail(format string, args ...any) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	fmt.Fprintf(s.w, "%s       %s\n", s.stamp(), fmt.Sprintf(format, args...))
+	_, _ = fmt.Fprintf(s.w, "%s       %s\n", s.stamp(), fmt.Sprintf(format, args...))
 }
 
 // Say prints a free line (headers, the summary).
 func (s *Steps) Say(format string, args ...any) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	fmt.Fprintf(s.w, format+"\n", args...)
+	_, _ = fmt.Fprintf(s.w, format+"\n", args...)
 }
 
 // Elapsed is the time since the harness began.

@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"regexp"
@@ -340,8 +341,8 @@ func (s *suite) clientFlows(t *testing.T) {
 	t.Run("an app outside allowedApps is refused by the sidecar", func(t *testing.T) {
 		before := len(e.FalCallsSince(since, fakefal.HostRun, "/other-org/"))
 		err := app.Call(s.ctx, "run", map[string]any{"app": "other-org/some-model", "input": map[string]any{}}, nil)
-		ae, ok := err.(*demo.AppError)
-		if !ok || ae.Status < 400 || ae.Status >= 500 || !strings.Contains(ae.Message, "other-org/some-model") {
+		var ae *demo.AppError
+		if !errors.As(err, &ae) || ae.Status < 400 || ae.Status >= 500 || !strings.Contains(ae.Message, "other-org/some-model") {
 			t.Errorf("run of a disallowed app = %v, want a 4xx the client shows with a message naming the app", err)
 		}
 		if after := len(e.FalCallsSince(since, fakefal.HostRun, "/other-org/")); after != before {

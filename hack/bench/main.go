@@ -30,6 +30,7 @@ type counts struct {
 	warmup                     int
 	proxyDur                   time.Duration
 	sseStreams                 int
+	relayRounds                int
 	relayMsgs1K, relayMsgs256K int
 	relayTput1K, relayTput256K int
 	sessions                   int
@@ -41,7 +42,7 @@ type counts struct {
 
 var fullCounts = counts{
 	rounds: 3, warmup: 500, proxyDur: 4 * time.Second, sseStreams: 50,
-	relayMsgs1K: 2000, relayMsgs256K: 300, relayTput1K: 6000, relayTput256K: 600,
+	relayRounds: 6, relayMsgs1K: 1000, relayMsgs256K: 150, relayTput1K: 3000, relayTput256K: 300,
 	sessions: 500, sessionDur: 10 * time.Second,
 	tokenReqs: 10000, tokenCallers: 200, tokenSerial: 2000,
 	startTrials: 20, reloadTrials: 6,
@@ -49,7 +50,7 @@ var fullCounts = counts{
 
 var quickCounts = counts{
 	rounds: 1, warmup: 20, proxyDur: 300 * time.Millisecond, sseStreams: 3,
-	relayMsgs1K: 30, relayMsgs256K: 5, relayTput1K: 50, relayTput256K: 10,
+	relayRounds: 1, relayMsgs1K: 30, relayMsgs256K: 5, relayTput1K: 50, relayTput256K: 10,
 	sessions: 20, sessionDur: time.Second,
 	tokenReqs: 200, tokenCallers: 20, tokenSerial: 20,
 	startTrials: 2, reloadTrials: 1,

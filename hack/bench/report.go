@@ -303,6 +303,7 @@ func (r *report) markdown() string {
 
 	// 3. relay
 	w("\n## 3. Realtime relay: binary msgpack messages echoed by fakefal\n\n")
+	w("%d rounds, peers rotated each round. ", r.cfg.counts.relayRounds)
 	w("Per round and size: round trips one at a time on one WebSocket (latency), then a window of 8 messages in flight\n")
 	w("(throughput, payload MB/s each way, 1 MB = 10^6 bytes). Added = hop minus direct at the same percentile.\n")
 	for _, size := range relaySizes {

@@ -359,7 +359,7 @@ func (e *env) runRelay(ctx context.Context, peers []string) (map[string]map[int]
 			out[p][s] = &relayResult{}
 		}
 	}
-	for r := range e.cfg.counts.rounds {
+	for r := range e.cfg.counts.relayRounds {
 		for _, p := range rotate(peers, r) {
 			for _, size := range relaySizes {
 				if err := e.relayRound(ctx, eps[p], size, out[p][size]); err != nil {
@@ -367,7 +367,7 @@ func (e *env) runRelay(ctx context.Context, peers []string) (map[string]map[int]
 				}
 			}
 		}
-		log.Printf("relay: round %d/%d done", r+1, e.cfg.counts.rounds)
+		log.Printf("relay: round %d/%d done", r+1, e.cfg.counts.relayRounds)
 	}
 	return out, nil
 }

@@ -45,6 +45,7 @@ type suite struct {
 
 	userKey0, userKey1 string // keys the user puts in the source Secret
 	keyA, keyB         string // operator-created keys (forced, then scheduled rotation)
+	eventsText         string // the FalCredential's events, scanned for secrets at the end
 }
 
 func TestEndToEnd(t *testing.T) {
@@ -474,6 +475,21 @@ func (s *suite) rotations(t *testing.T) {
 	if st.ProxyOK < 100 {
 		t.Errorf("only %d proxied requests ran: the traffic did not span the rotations", st.ProxyOK)
 	}
+	// What `kubectl describe falcred` shows a person: the rotations and the
+	// revocation as events.
+	evs, err := e.Kube.CoreV1().Events(ns).List(s.ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + credName})
+	must(t, err)
+	reasons := map[string]int{}
+	var texts []string
+	for _, ev := range evs.Items {
+		reasons[ev.Reason] += int(max(ev.Count, 1))
+		texts = append(texts, ev.Reason+": "+ev.Message)
+	}
+	s.eventsText = strings.Join(texts, "\n")
+	if reasons["KeyRotated"] < 2 || reasons["KeyRevoked"] < 1 {
+		t.Errorf("FalCredential events %v: want KeyRotated twice and KeyRevoked", reasons)
+	}
+
 	// The realtime session's fal side was opened with a key that is now
 	// revoked; fal must have seen traffic keyed by both A and B.
 	seen := map[string]bool{}
@@ -552,12 +568,13 @@ func (s *suite) noSecretsLeaked(t *testing.T) {
 	} else {
 		t.Errorf("sidecar metrics: %v", err)
 	}
+	texts["FalCredential events"] = s.eventsText
 	if m, err := s.env.ManagerMetrics(s.ctx); err == nil {
 		texts["manager /metrics"] = m
 	} else {
 		t.Errorf("manager metrics: %v", err)
 	}
-	if len(texts) < 5 {
+	if len(texts) < 6 {
 		t.Fatalf("only %d logs and metrics to scan", len(texts))
 	}
 	for where, text := range texts {

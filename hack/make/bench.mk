@@ -5,8 +5,9 @@
 # each produced numbers (it asserts nothing about speed), as part of make test.
 
 BENCH_OFFICIAL_DIR := hack/bench/officialproxy
-BENCH_SIDECAR := $(LOCALBIN)/falguard-sidecar
-BENCH_BIN := $(LOCALBIN)/falguard-bench
+# Own copies, so a run never swaps a binary that the demo or a test is using.
+BENCH_SIDECAR := $(LOCALBIN)/bench/falguard-sidecar
+BENCH_BIN := $(LOCALBIN)/bench/falguard-bench
 # Fresh machines (CI) have no nginx: install Debian's package once.
 BENCH_SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
@@ -29,6 +30,6 @@ bench: bench-deps ## Run the full benchmark (under 10 min on 2 cores) and write 
 
 .PHONY: bench-quick
 bench-quick: bench-deps ## Run every benchmark workload with tiny counts (checks the harness, not speed).
-	$(BENCH_BIN) -quick -out $(LOCALBIN)/bench-quick.md -sidecar $(BENCH_SIDECAR) -official-dir $(BENCH_OFFICIAL_DIR) -nginx $$(command -v nginx)
+	$(BENCH_BIN) -quick -out $(LOCALBIN)/bench/bench-quick.md -sidecar $(BENCH_SIDECAR) -official-dir $(BENCH_OFFICIAL_DIR) -nginx $$(command -v nginx)
 
 TEST_TARGETS += bench-quick

@@ -137,7 +137,7 @@ func run(ctx context.Context, cfg config) (err error) {
 	if err != nil {
 		return fmt.Errorf("work dir: %w", err)
 	}
-	defer os.RemoveAll(workDir)
+	defer func() { _ = os.RemoveAll(workDir) }()
 	if err := os.Chmod(workDir, 0o755); err != nil {
 		return fmt.Errorf("work dir: %w", err)
 	}

@@ -88,11 +88,11 @@ func newClient(tlsConf *tls.Config) *http.Client {
 }
 
 func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := (&net.ListenConfig{}).Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("finding a free loopback port: %w", err)
 	}
-	defer ln.Close()
+	defer func() { _ = ln.Close() }()
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
@@ -107,7 +107,7 @@ func tokenBody() []byte {
 
 // proxyRequest is a request in fal's server-proxy protocol.
 func proxyRequest(base, target string, body []byte) *http.Request {
-	req, _ := http.NewRequest(http.MethodPost, base+"/api/fal/proxy", bytes.NewReader(body))
+	req, _ := http.NewRequestWithContext(context.Background(), http.MethodPost, base+"/api/fal/proxy", bytes.NewReader(body))
 	req.Header.Set("x-fal-target-url", target)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json")
@@ -147,14 +147,14 @@ func (e *env) startDirect() *endpoint {
 		name:   peerDirect,
 		client: newClient(tlsConf),
 		run: func(path string, body []byte) *http.Request {
-			req, _ := http.NewRequest(http.MethodPost, run+path, bytes.NewReader(body))
+			req, _ := http.NewRequestWithContext(context.Background(), http.MethodPost, run+path, bytes.NewReader(body))
 			req.Header.Set("Authorization", "Key "+benchKey)
 			req.Header.Set("Content-Type", "application/json")
 			req.Header.Set("Accept", "application/json")
 			return req
 		},
 		token: func() *http.Request {
-			req, _ := http.NewRequest(http.MethodPost, rest+"/tokens/", bytes.NewReader(tokenBody()))
+			req, _ := http.NewRequestWithContext(context.Background(), http.MethodPost, rest+"/tokens/", bytes.NewReader(tokenBody()))
 			req.Header.Set("Authorization", "Key "+benchKey)
 			req.Header.Set("Content-Type", "application/json")
 			return req
@@ -286,11 +286,12 @@ func (e *env) startNginx(ctx context.Context) (*endpoint, error) {
 }
 
 func canDial(port int) bool {
-	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 200*time.Millisecond)
+	d := net.Dialer{Timeout: 200 * time.Millisecond}
+	c, err := d.DialContext(context.Background(), "tcp", fmt.Sprintf("127.0.0.1:%d", port))
 	if err != nil {
 		return false
 	}
-	c.Close()
+	_ = c.Close()
 	return true
 }
 
@@ -419,7 +420,7 @@ func (e *env) startSidecar(ctx context.Context, o sidecarOpts) (*endpoint, sidec
 			return proxyRequest(base, "https://fal.run"+path, body)
 		},
 		token: func() *http.Request {
-			req, _ := http.NewRequest(http.MethodGet, base+"/api/fal/token?app="+url.QueryEscape(benchApp), nil)
+			req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, base+"/api/fal/token?app="+url.QueryEscape(benchApp), nil)
 			return req
 		},
 		wsURL:  fmt.Sprintf("ws://127.0.0.1:%d/realtime/%s", port, benchApp),
@@ -428,10 +429,14 @@ func (e *env) startSidecar(ctx context.Context, o sidecarOpts) (*endpoint, sidec
 }
 
 func get200(c *http.Client, u string) bool {
-	resp, err := c.Get(u)
+	req, err := http.NewRequestWithContext(context.Background(), http.MethodGet, u, nil)
 	if err != nil {
 		return false
 	}
-	resp.Body.Close()
+	resp, err := c.Do(req)
+	if err != nil {
+		return false
+	}
+	_ = resp.Body.Close()
 	return resp.StatusCode == http.StatusOK
 }

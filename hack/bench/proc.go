@@ -54,7 +54,8 @@ func (l *lockedBuf) Write(p []byte) (int, error) {
 
 // startProc starts name with args; stdout lines go to onLine when set.
 func startProc(name string, env []string, dir string, onLine func(string), bin string, args ...string) (*proc, error) {
-	cmd := exec.Command(bin, args...)
+	// Stopped by stop() (SIGTERM, then SIGKILL), not by a context.
+	cmd := exec.CommandContext(context.Background(), bin, args...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Dir = dir
 	// Own process group (so a kill reaches the children, e.g. nginx workers)
@@ -87,7 +88,7 @@ func startProc(name string, env []string, dir string, onLine func(string), bin s
 	go func() {
 		_ = cmd.Wait()
 		if pw != nil {
-			pw.Close()
+			_ = pw.Close()
 		}
 		close(p.done)
 	}()
@@ -132,8 +133,8 @@ func (p *proc) stop() {
 		if dir := os.Getenv("BENCH_LOG_DIR"); dir != "" {
 			f := filepath.Join(dir, strings.NewReplacer(" ", "_", "(", "", ")", "").Replace(p.name)+".log")
 			if lf, err := os.OpenFile(f, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err == nil {
-				fmt.Fprintf(lf, "==== pid %d\n%s\n", pgid, p.out.String())
-				lf.Close()
+				_, _ = fmt.Fprintf(lf, "==== pid %d\n%s\n", pgid, p.out.String())
+				_ = lf.Close()
 			}
 		}
 		// Children that outlived the leader (none expected) go too.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -50,8 +51,10 @@ func machineInfo(cfg config) []string {
 	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
 		memTotal = strings.TrimSpace(strings.TrimPrefix(firstLine(b), "MemTotal:"))
 	}
-	nginxV, _ := exec.Command(cfg.nginxBin, "-v").CombinedOutput()
-	nodeV, _ := exec.Command(cfg.nodeBin, "--version").CombinedOutput()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nginxV, _ := exec.CommandContext(ctx, cfg.nginxBin, "-v").CombinedOutput()
+	nodeV, _ := exec.CommandContext(ctx, cfg.nodeBin, "--version").CombinedOutput()
 	proxyV := "unknown"
 	if b, err := os.ReadFile(filepath.Join(cfg.officialDir, "node_modules", "@fal-ai", "server-proxy", "package.json")); err == nil {
 		var pj struct{ Version string }
@@ -66,11 +69,11 @@ func machineInfo(cfg config) []string {
 			expressV = pj.Version
 		}
 	}
-	sidecarV, err := exec.Command(cfg.sidecarBin, "version").CombinedOutput()
+	sidecarV, err := exec.CommandContext(ctx, cfg.sidecarBin, "version").CombinedOutput()
 	if err != nil {
 		sidecarV = []byte("unknown")
 	}
-	commit, _ := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
+	commit, _ := exec.CommandContext(ctx, "git", "rev-parse", "--short", "HEAD").Output()
 	return []string{
 		fmt.Sprintf("CPU: %s, %d cores visible (GOMAXPROCS %d); memory %s; kernel %s", cpu, runtime.NumCPU(), runtime.GOMAXPROCS(0), memTotal, kernel),
 		fmt.Sprintf("falguard-sidecar: %s (commit %s); harness and fakefal: %s", firstLine(sidecarV), firstLine(commit), runtime.Version()),

@@ -142,7 +142,7 @@ func (e *env) runSidecarAlone(ctx context.Context) (*sidecarAlone, error) {
 		oldID, _, _ := strings.Cut(oldKey, ":")
 		newID, _, _ := strings.Cut(newKey, ":")
 		if id, err := e.signedBy(ep); err != nil || id != oldID {
-			return nil, fmt.Errorf("before reload %d: request signed by %q, want %q (err %v)", i+1, id, oldID, err)
+			return nil, fmt.Errorf("before reload %d: request signed by %q, want %q (err %w)", i+1, id, oldID, err)
 		}
 		// Land the swap at a random point of any polling interval.
 		time.Sleep(time.Duration(137*(i+1)%1000) * time.Millisecond)

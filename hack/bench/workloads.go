@@ -160,7 +160,7 @@ func (e *env) runProxy(ctx context.Context, peers []string) (map[string]map[int]
 		// Warm up: connections, TLS sessions, JIT (node), caches.
 		w := runLoad(ctx, 8, 0, e.cfg.counts.warmup, func() error { return do(ep.client, ep.run("/"+benchApp, body)) })
 		if w.n == 0 {
-			return nil, fmt.Errorf("proxy warm-up through %s: every request failed, first: %v", p, w.firstErr)
+			return nil, fmt.Errorf("proxy warm-up through %s: every request failed, first: %w", p, w.firstErr)
 		}
 		for _, c := range proxyConcs { // failures count, but the run goes on
 			out[p][c].res.errs += w.errs
@@ -301,8 +301,6 @@ type relayResult struct {
 	rtt      []time.Duration
 	bytes    int64 // payload bytes echoed in the throughput runs
 	tputTime time.Duration
-	errs     int
-	firstErr error
 }
 
 func (r *relayResult) mbps() float64 { return float64(r.bytes) / 1e6 / r.tputTime.Seconds() }
@@ -315,6 +313,9 @@ func relayMsg(size int, id string) []byte {
 
 func dialWS(ctx context.Context, ep *endpoint) (*websocket.Conn, error) {
 	c, resp, err := ep.dialer.DialContext(ctx, ep.wsURL, ep.wsHeader)
+	if resp != nil && resp.Body != nil {
+		_ = resp.Body.Close()
+	}
 	if err != nil {
 		if resp != nil {
 			return nil, fmt.Errorf("realtime handshake through %s: %s: %w", ep.name, resp.Status, err)
@@ -377,7 +378,7 @@ func (e *env) relayRound(ctx context.Context, ep *endpoint, size int, res *relay
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	msg := relayMsg(size, "bench")
 	n, tputN := e.cfg.counts.relayMsgs1K, e.cfg.counts.relayTput1K
 	if size > 1<<10 {
@@ -486,7 +487,7 @@ func (e *env) sessionsFor(ctx context.Context, name string) (*sessionsResult, er
 	}
 	for range 20 {
 		if err := roundTrip(warm, msg); err != nil {
-			warm.Close()
+			_ = warm.Close()
 			return nil, fmt.Errorf("sessions warm-up through %s: %w", name, err)
 		}
 	}
@@ -495,10 +496,10 @@ func (e *env) sessionsFor(ctx context.Context, name string) (*sessionsResult, er
 
 	conns := make([]*websocket.Conn, n)
 	defer func() {
-		warm.Close()
+		_ = warm.Close()
 		for _, c := range conns {
 			if c != nil {
-				c.Close()
+				_ = c.Close()
 			}
 		}
 	}()

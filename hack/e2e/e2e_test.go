@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -86,6 +87,7 @@ func TestEndToEnd(t *testing.T) {
 		{"injection as stored by the API server, sidecar ready", s.injection},
 		{"proxy, queue, stream, token and relay through the official client", s.clientFlows},
 		{"source Secret change reaches the running sidecar", s.sourceSecretChange},
+		{"a crashed sidecar is restarted and serves the current key", s.sidecarRestart},
 		{"forced and scheduled rotation under traffic, manager restarted twice", s.rotations},
 		{"a pod created after the restarts is injected", s.injectAfterRestart},
 		{"deleting the FalCredential revokes its keys", s.deleteRevokes},
@@ -373,6 +375,23 @@ func (s *suite) sourceSecretChange(t *testing.T) {
 	}
 }
 
+// sidecarRestart kills the sidecar as an OOM kill would; the native sidecar's
+// restartPolicy: Always brings it back (the emulated kubelet restarts it), and
+// the new process starts from the rewritten volume with the current key.
+func (s *suite) sidecarRestart(t *testing.T) {
+	sc := s.pod.Running.Container(demo.SidecarContainer)
+	old := sc.Proc()
+	old.Signal(syscall.SIGKILL)
+	deadline := time.Now().Add(30 * time.Second)
+	for sc.RestartCount() < 1 || sc.Proc() == old || demo.HTTPOK(s.ctx, s.pod.OpsURL()+"/readyz") != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("the sidecar was not restarted and ready within 30s (restarts %d)", sc.RestartCount())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.waitSidecarKey(t, demo.KeyID(s.userKey1))
+}
+
 // rotations: traffic runs throughout a forced rotation (user key -> A), a
 // manager restart, the scheduled rotation (A -> B), a second restart while
 // A's revocation is pending, and A's revocation. Nothing may fail or drop.
@@ -562,8 +581,9 @@ func (s *suite) noSecretsLeaked(t *testing.T) {
 		if v := metricValue(m, "falguard_sidecar_credential_reload_errors_total"); v != 0 {
 			t.Errorf("sidecar refused %v credential updates; every update in this story was valid", v)
 		}
-		if v := metricValue(m, "falguard_sidecar_credential_reloads_total"); v < 4 {
-			t.Errorf("sidecar reloaded its credentials %v times, want at least 4 (start, source change, two rotations)", v)
+		// Counted since the restart in sidecarRestart: its start and the two rotations.
+		if v := metricValue(m, "falguard_sidecar_credential_reloads_total"); v < 3 {
+			t.Errorf("sidecar loaded its credentials %v times since its restart, want at least 3 (start, two rotations)", v)
 		}
 	} else {
 		t.Errorf("sidecar metrics: %v", err)

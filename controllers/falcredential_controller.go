@@ -133,7 +133,7 @@ func (r *FalCredentialReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 	fc := &falguardv1alpha1.FalCredential{}
 	if err := r.Client.Get(ctx, req.NamespacedName, fc); err != nil {
 		if apierrors.IsNotFound(err) {
-			credentialReady.DeleteLabelValues(req.Namespace, req.Name)
+			forgetCredentialMetrics(req.Namespace, req.Name)
 			r.forget(req.NamespacedName)
 			return ctrl.Result{}, nil
 		}
@@ -472,6 +472,7 @@ func (r *FalCredentialReconciler) finishStatus(ctx context.Context, rn *run) err
 	if !rn.d.PreviousRevokeAt.IsZero() {
 		rn.after(rn.d.PreviousRevokeAt)
 	}
+	observeSchedule(fc.Namespace, fc.Name, st)
 	if n, err := r.countPods(ctx, fc); err == nil {
 		st.Pods = n
 	} else {

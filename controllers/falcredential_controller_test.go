@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -344,12 +346,33 @@ func TestRotation(t *testing.T) {
 	if err := condIs(fc, falguardv1alpha1.ConditionRotation, metav1.ConditionTrue, ""); err != nil {
 		t.Fatal(err)
 	}
+	// The gauge is set before the status write that Ready came from.
+	if v, ok := gaugeValue(nextRotation, ns, "auto"); !ok || v != float64(fc.Status.NextRotationTime.Unix()) {
+		t.Fatalf("falguard_credential_next_rotation_timestamp_seconds = %v (present %v), want %d", v, ok, fc.Status.NextRotationTime.Unix())
+	}
+	if v, ok := gaugeValue(previousKeyRevokeAt, ns, "auto"); ok {
+		t.Fatalf("revoke-at gauge = %v before any rotation, want no series", v)
+	}
 
 	// Forced rotation: new key published, old one alive for the grace period, then deleted.
 	annotate(t, ns, "auto", falguardv1alpha1.AnnotationRotateNow, "1")
 	var second string
+	// The previous key's deadline, as seen in status and in the gauge while
+	// the grace period runs; both are fixed for one rotation, so reading
+	// them at different moments does not race.
+	var wantRevokeAt, gotRevokeAt float64
+	watchRevokeAt := func() *falguardv1alpha1.FalCredential {
+		if v, ok := gaugeValue(previousKeyRevokeAt, ns, "auto"); ok {
+			gotRevokeAt = v
+		}
+		fc := getFC(t, ns, "auto")
+		if fc.Status.PreviousKeyID == first && fc.Status.PreviousKeyRevokeAt != nil {
+			wantRevokeAt = float64(fc.Status.PreviousKeyRevokeAt.Unix())
+		}
+		return fc
+	}
 	eventually(t, 20*time.Second, "forced rotation", func() error {
-		fc = getFC(t, ns, "auto")
+		fc = watchRevokeAt()
 		if fc.Status.KeyID == first || fc.Status.LastRotateNow != "1" {
 			return fmt.Errorf("keyID %s lastRotateNow %q", fc.Status.KeyID, fc.Status.LastRotateNow)
 		}
@@ -365,9 +388,18 @@ func TestRotation(t *testing.T) {
 		}
 	}
 	eventually(t, 20*time.Second, "previous key revoked after grace", func() error {
-		fc = getFC(t, ns, "auto")
+		fc = watchRevokeAt()
 		if isLive(first) || fc.Status.PreviousKeyID != "" {
 			return fmt.Errorf("first live=%v previousKeyID=%q", isLive(first), fc.Status.PreviousKeyID)
+		}
+		return nil
+	})
+	if wantRevokeAt == 0 || gotRevokeAt != wantRevokeAt {
+		t.Fatalf("falguard_credential_previous_key_revoke_at_timestamp_seconds seen as %v during the grace period, status said %v", gotRevokeAt, wantRevokeAt)
+	}
+	eventually(t, 5*time.Second, "revoke-at gauge deleted after revocation", func() error {
+		if v, ok := gaugeValue(previousKeyRevokeAt, ns, "auto"); ok {
+			return fmt.Errorf("series still present with %v", v)
 		}
 		return nil
 	})
@@ -447,6 +479,16 @@ func TestRotation(t *testing.T) {
 	if !isLive("kid-user") {
 		t.Fatal("the user-provided key was deleted at fal on deletion")
 	}
+	eventually(t, 5*time.Second, "per-credential series deleted with the credential", func() error {
+		for _, name := range []string{"auto", "seeded"} {
+			for metric, g := range map[string]*prometheus.GaugeVec{"ready": credentialReady, "next rotation": nextRotation, "revoke-at": previousKeyRevokeAt} {
+				if v, ok := gaugeValue(g, ns, name); ok {
+					return fmt.Errorf("%s: %s series still present with %v", name, metric, v)
+				}
+			}
+		}
+		return nil
+	})
 	if _, err := getManaged(ns, "auto"); !apierrors.IsNotFound(err) {
 		t.Fatalf("managed Secret of a deleted credential still holds a revoked key: %v", err)
 	}
@@ -742,4 +784,26 @@ func TestScheduledRotationAndRequeue(t *testing.T) {
 
 func reconcileRequest(ns, name string) reconcile.Request {
 	return reconcile.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: name}}
+}
+
+// gaugeValue reads one series without creating it (WithLabelValues would).
+func gaugeValue(g *prometheus.GaugeVec, namespace, name string) (float64, bool) {
+	ch := make(chan prometheus.Metric, 64)
+	go func() { g.Collect(ch); close(ch) }()
+	var v float64
+	found := false
+	for m := range ch {
+		var pb dto.Metric
+		if err := m.Write(&pb); err != nil {
+			continue
+		}
+		labels := map[string]string{}
+		for _, l := range pb.GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		if labels["namespace"] == namespace && labels["name"] == name {
+			v, found = pb.GetGauge().GetValue(), true
+		}
+	}
+	return v, found
 }

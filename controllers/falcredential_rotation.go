@@ -313,7 +313,7 @@ func (r *FalCredentialReconciler) finalize(ctx context.Context, fc *falguardv1al
 	if err := r.Client.Update(ctx, fc); err != nil && !apierrors.IsNotFound(err) {
 		return conflictOr(fmt.Errorf("removing finalizer: %w", err))
 	}
-	credentialReady.DeleteLabelValues(fc.Namespace, fc.Name)
+	forgetCredentialMetrics(fc.Namespace, fc.Name)
 	r.forget(req)
 	return ctrl.Result{}, nil
 }

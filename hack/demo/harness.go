@@ -588,6 +588,7 @@ func (e *Env) startManager(ctx context.Context) error {
 		"--metrics-bind-address=127.0.0.1:" + strconv.Itoa(e.ManagerMetricsPort),
 		"--health-probe-bind-address=127.0.0.1:" + strconv.Itoa(e.ManagerProbePort),
 		"--webhook-port=" + strconv.Itoa(e.WebhookPort),
+		"--webhook-bind-host=127.0.0.1",
 		"--webhook-cert-dir=" + certDir,
 		"--webhook-config-name=" + e.WebhookConfigName,
 		"--webhook-cert-hosts=127.0.0.1",

@@ -93,6 +93,9 @@ func main() {
 		LeaderElection:          leaderElect,
 		LeaderElectionID:        "falguard-manager.falguard.dev",
 		LeaderElectionNamespace: leaderElectionNamespace,
+		// The process exits right after the manager stops, so handing the lease
+		// back at once is safe and lets a rolling update's new leader start now.
+		LeaderElectionReleaseOnCancel: true,
 	})
 	if err != nil {
 		setupLog.Error(err, "unable to create manager")

@@ -16,12 +16,16 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/diff"
+
+	falguardv1alpha1 "github.com/falguard/falguard/api/v1alpha1"
+	"github.com/falguard/falguard/internal/inject"
 )
 
 // allToggles turns on every optional feature of the chart at once.
 var allToggles = []string{
 	"--set", "certs.mode=cert-manager",
 	"--set", "metrics.serviceMonitor.enabled=true",
+	"--set", "sidecarPodMonitor.enabled=true",
 	"--set", "prometheusRule.enabled=true",
 	"--set", "grafanaDashboard.enabled=true",
 	"--set", "networkPolicy.enabled=true",
@@ -71,7 +75,7 @@ func TestTemplateDefaults(t *testing.T) {
 	if objs.find("PodDisruptionBudget", "falguard-controller-manager") == nil {
 		t.Error("no PodDisruptionBudget with 2 replicas")
 	}
-	for _, kind := range []string{"CustomResourceDefinition", "Certificate", "Issuer", "ServiceMonitor", "NetworkPolicy"} {
+	for _, kind := range []string{"CustomResourceDefinition", "Certificate", "Issuer", "ServiceMonitor", "PodMonitor", "PrometheusRule", "NetworkPolicy"} {
 		if n := len(objs.ofKind(kind)); n != 0 {
 			t.Errorf("%d %s rendered with default values, want none", n, kind)
 		}
@@ -158,9 +162,10 @@ func TestTemplateEveryToggle(t *testing.T) {
 	if !slices.Equal(ports, []int{9443, 8080}) {
 		t.Errorf("NetworkPolicy opens ports %v, want the webhook 9443 and metrics 8080", ports)
 	}
-	for _, kind := range []string{"ServiceMonitor", "PrometheusRule", "ConfigMap"} {
+	for _, kind := range []string{"ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap"} {
 		objs.one(t, kind) // the optional monitoring objects, one each
 	}
+	checkMonitors(t, objs)
 	crd := objs.one(t, "CustomResourceDefinition")
 	if crd.GetName() != "falcredentials.falguard.dev" || crd.GetAnnotations()["helm.sh/resource-policy"] != "keep" {
 		t.Errorf("templated CRD %s annotations %v: want falcredentials.falguard.dev kept on uninstall", crd.GetName(), crd.GetAnnotations())
@@ -168,6 +173,42 @@ func TestTemplateEveryToggle(t *testing.T) {
 	pdb := as[policyv1.PodDisruptionBudget](t, objs.one(t, "PodDisruptionBudget"))
 	if pdb.Spec.MinAvailable == nil || pdb.Spec.MinAvailable.IntValue() != 1 {
 		t.Errorf("PDB minAvailable %v", pdb.Spec.MinAvailable)
+	}
+}
+
+// checkMonitors: the manager's ServiceMonitor keeps the metrics' own namespace
+// label (the alerts group by it), and the PodMonitor finds every injected
+// pod's sidecar wherever it runs.
+func checkMonitors(t *testing.T, objs objects) {
+	t.Helper()
+	sm := objs.one(t, "ServiceMonitor")
+	eps, _, _ := unstructured.NestedSlice(sm.Object, "spec", "endpoints")
+	if len(eps) != 1 {
+		t.Fatalf("ServiceMonitor endpoints %v, want one", eps)
+	}
+	if honor, _ := eps[0].(map[string]any)["honorLabels"].(bool); !honor {
+		t.Errorf("ServiceMonitor endpoint %v lacks honorLabels: true; the per-credential metrics would lose the credential's namespace to exported_namespace", eps[0])
+	}
+
+	pm := objs.one(t, "PodMonitor")
+	if pm.GetName() != "falguard-sidecars" || pm.GetNamespace() != namespace {
+		t.Errorf("PodMonitor %s, want %s/falguard-sidecars", key(pm), namespace)
+	}
+	if anyNS, _, _ := unstructured.NestedBool(pm.Object, "spec", "namespaceSelector", "any"); !anyNS {
+		t.Error("PodMonitor does not look in every namespace; injected pods run in the apps' namespaces")
+	}
+	exprs, _, _ := unstructured.NestedSlice(pm.Object, "spec", "selector", "matchExpressions")
+	want := []any{map[string]any{"key": falguardv1alpha1.LabelCredential, "operator": "Exists"}}
+	if !reflect.DeepEqual(exprs, want) {
+		t.Errorf("PodMonitor selects %v, want %v (the label the webhook puts on injected pods)", exprs, want)
+	}
+	pme, _, _ := unstructured.NestedSlice(pm.Object, "spec", "podMetricsEndpoints")
+	if len(pme) != 1 {
+		t.Fatalf("PodMonitor endpoints %v, want one", pme)
+	}
+	ep := pme[0].(map[string]any)
+	if ep["port"] != inject.OpsPortName || ep["path"] != "/metrics" || ep["interval"] != "30s" {
+		t.Errorf("PodMonitor endpoint %v, want port %s (the sidecar's), path /metrics, interval 30s", ep, inject.OpsPortName)
 	}
 }
 
@@ -202,6 +243,8 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"issuerRef without name", []string{"--set", "certs.certManager.issuerRef.kind=ClusterIssuer"}, "at '/certs/certManager/issuerRef': missing property 'name'", false},
 		{"bad issuer kind", []string{"--set", "certs.certManager.issuerRef.name=x", "--set", "certs.certManager.issuerRef.kind=Vault"}, "at '/certs/certManager/issuerRef/kind'", false},
 		{"bad duration", []string{"--set", "certs.certManager.duration=90days"}, "at '/certs/certManager/duration'", false},
+		{"bad PodMonitor interval", []string{"--set", "sidecarPodMonitor.interval=often"}, "at '/sidecarPodMonitor/interval'", false},
+		{"PodMonitor typo", []string{"--set", "sidecarPodMonitor.enable=true"}, "additional properties 'enable' not allowed", false},
 		{"webhook timeout too long", []string{"--set", "webhook.timeoutSeconds=31"}, "at '/webhook/timeoutSeconds': maximum: got 31, want 30", false},
 		{"port out of range", []string{"--set", "webhook.port=70000"}, "at '/webhook/port': maximum", false},
 		{"webhook and metrics ports clash", []string{"--set", "metrics.port=9443"}, "must differ from each other and from the health port 8081", templateOnly},

@@ -206,7 +206,7 @@ func (r *FalCredentialReconciler) hook(ctx context.Context, rn *run, step string
 		return nil
 	}
 	if err := r.Hook(ctx, rn.req, step); err != nil {
-		return fmt.Errorf("%w at %s: %v", errAborted, step, err)
+		return fmt.Errorf("%w at %s: %w", errAborted, step, err)
 	}
 	return nil
 }
@@ -306,17 +306,17 @@ func (r *FalCredentialReconciler) readKey(ctx context.Context, ns string, ref fa
 	sec := &corev1.Secret{}
 	if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: ns, Name: ref.Name}, sec); err != nil {
 		if apierrors.IsNotFound(err) {
-			return "", ReasonSecretNotFound, fmt.Errorf("Secret %s/%s not found: create it with the fal key under %q", ns, ref.Name, name)
+			return "", ReasonSecretNotFound, fmt.Errorf("secret %s/%s not found: create it with the fal key under %q", ns, ref.Name, name)
 		}
 		return "", ReasonSecretNotFound, fmt.Errorf("reading Secret %s/%s: %w", ns, ref.Name, err)
 	}
 	raw, ok := sec.Data[name]
 	if !ok || len(strings.TrimSpace(string(raw))) == 0 {
-		return "", ReasonKeyMissing, fmt.Errorf("Secret %s/%s has no key %q (or it is empty): add the fal key there, or point secretRef.key at the right one", ns, ref.Name, name)
+		return "", ReasonKeyMissing, fmt.Errorf("secret %s/%s has no key %q (or it is empty): add the fal key there, or point secretRef.key at the right one", ns, ref.Name, name)
 	}
 	key := strings.TrimSpace(string(raw))
 	if _, _, err := falapi.ParseKey(key); err != nil {
-		return "", ReasonKeyMalformed, fmt.Errorf("Secret %s/%s key %q: %v", ns, ref.Name, name, err)
+		return "", ReasonKeyMalformed, fmt.Errorf("secret %s/%s key %q: %w", ns, ref.Name, name, err)
 	}
 	return key, "", nil
 }

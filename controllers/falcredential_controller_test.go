@@ -179,7 +179,7 @@ func TestPublishVerifyFollowAndRestore(t *testing.T) {
 		}
 		id, err := managedKeyID(ns, "shop")
 		if id != "kid-pub2" {
-			return fmt.Errorf("managed key %s %v", id, err)
+			return fmt.Errorf("managed key %s: %w", id, err)
 		}
 		return nil
 	})

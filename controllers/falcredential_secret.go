@@ -147,7 +147,7 @@ func keyHash(key string) string {
 func contentHash(data map[string][]byte) string {
 	h := sha256.New()
 	for _, k := range []string{policy.KeyFile, policy.PolicyFile} {
-		fmt.Fprintf(h, "%s\x00%d\x00", k, len(data[k]))
+		_, _ = fmt.Fprintf(h, "%s\x00%d\x00", k, len(data[k]))
 		h.Write(data[k])
 	}
 	return hex.EncodeToString(h.Sum(nil)[:16])

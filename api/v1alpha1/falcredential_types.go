@@ -239,9 +239,5 @@ type FalCredentialList struct {
 	Items           []FalCredential `json:"items"`
 }
 
-func init() {
-	SchemeBuilder.Register(&FalCredential{}, &FalCredentialList{})
-}
-
 // ManagedSecretName is the Secret the controller writes and sidecars mount.
 func ManagedSecretName(credential string) string { return "falguard-" + credential }

@@ -97,7 +97,8 @@ func New(opts Options) (*Store, error) {
 		return nil, errors.New("--key-env needs a policy: add --allowed-app owner/alias (repeatable) or --policy-file FILE")
 	}
 	if opts.Interval <= 0 {
-		opts.Interval = time.Second
+		// A readlink twice a second costs nothing and keeps reload well under 1s.
+		opts.Interval = 500 * time.Millisecond
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)

@@ -143,7 +143,7 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	upg := websocket.Upgrader{
 		// 0: reuse net/http's 4 KiB read buffer instead of a second one.
 		ReadBufferSize:  0,
-		WriteBufferSize: 4 << 10,
+		WriteBufferSize: 64 << 10, // pooled: held only while writing (see upstream.NewDialer)
 		WriteBufferPool: rl.BufferPool,
 		CheckOrigin:     func(*http.Request) bool { return true }, // checked above against the policy
 		Error: func(w http.ResponseWriter, r *http.Request, status int, reason error) {

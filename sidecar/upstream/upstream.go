@@ -120,7 +120,9 @@ func NewDialer(tlsCfg *tls.Config, pool websocket.BufferPool) *websocket.Dialer 
 		TLSClientConfig:  tlsCfg.Clone(),
 		HandshakeTimeout: 10 * time.Second,
 		ReadBufferSize:   4 << 10,
-		WriteBufferSize:  4 << 10,
-		WriteBufferPool:  pool,
+		// 64 KiB: a large frame goes out in few writes and TLS records; the
+		// pool lends it only while a message is written, so idle relays hold none.
+		WriteBufferSize: 64 << 10,
+		WriteBufferPool: pool,
 	}
 }

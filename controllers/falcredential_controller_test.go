@@ -195,7 +195,7 @@ func TestPublishVerifyFollowAndRestore(t *testing.T) {
 	eventually(t, 20*time.Second, "deleted managed Secret restored", func() error {
 		id, err := managedKeyID(ns, "shop")
 		if id != "kid-pub2" {
-			return fmt.Errorf("managed key %q %v", id, err)
+			return fmt.Errorf("managed key %q: %w", id, err)
 		}
 		return nil
 	})
@@ -230,7 +230,7 @@ func TestPublishVerifyFollowAndRestore(t *testing.T) {
 		}
 		p, err := policy.Parse(s.Data["policy.json"])
 		if err != nil || len(p.AllowedApps) != 1 || p.AllowedApps[0] != "fal-ai/other" {
-			return fmt.Errorf("policy %+v %v", p, err)
+			return fmt.Errorf("policy %+v: %w", p, err)
 		}
 		return condIs(getFC(t, ns, "shop"), falguardv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonPublished)
 	})
@@ -429,7 +429,7 @@ func TestRotation(t *testing.T) {
 		fc = getFC(t, ns, "auto")
 		id, err := managedKeyID(ns, "auto")
 		if err != nil || fc.Status.KeyID == second || id != fc.Status.KeyID || isLive(second) || fc.Status.PreviousKeyID != "" {
-			return fmt.Errorf("status key %s, managed %s (%v), lost key live %v", fc.Status.KeyID, id, err, isLive(second))
+			return fmt.Errorf("status key %s, managed %s, lost key live %v: %w", fc.Status.KeyID, id, isLive(second), err)
 		}
 		return condIs(fc, falguardv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonPublished)
 	})

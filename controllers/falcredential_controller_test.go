@@ -468,7 +468,7 @@ func TestRotation(t *testing.T) {
 		for _, name := range []string{"auto", "seeded"} {
 			err := k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &falguardv1alpha1.FalCredential{})
 			if !apierrors.IsNotFound(err) {
-				return fmt.Errorf("%s still there (%v)", name, err)
+				return fmt.Errorf("%s still there: %w", name, err)
 			}
 			if live := liveOperatorKeys(ns, name); len(live) != 0 {
 				return fmt.Errorf("%s: operator keys still live: %+v", name, live)
@@ -520,7 +520,7 @@ func TestFinalizerWithoutAdminKey(t *testing.T) {
 	eventually(t, 20*time.Second, "skip-revoke releases the credential", func() error {
 		err := k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "c"}, &falguardv1alpha1.FalCredential{})
 		if !apierrors.IsNotFound(err) {
-			return fmt.Errorf("still there: %v", err)
+			return fmt.Errorf("still there: %w", err)
 		}
 		return nil
 	})

@@ -18,7 +18,7 @@ ENVTEST_ASSETS = $(LOCALBIN)/k8s/$(ENVTEST_K8S_VERSION)
 
 # Extra suites (conformance, e2e, chart, bench quick) register themselves here
 # from hack/make/*.mk so `make test` runs everything.
-TEST_TARGETS := verify-generated vet test-go
+TEST_TARGETS := verify-generated vet lint test-go
 
 ##@ General
 

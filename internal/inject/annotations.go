@@ -39,7 +39,8 @@ const (
 	AnnotationOpsPort = "falguard.dev/ops-port"
 )
 
-// Defaults for what the annotations override.
+// Built-in defaults for what the annotations override (Config can replace
+// the resources and ports cluster-wide).
 const (
 	DefaultProxyPort     = 4750
 	DefaultOpsPort       = 4751
@@ -74,7 +75,7 @@ type options struct {
 // parseOptions validates every falguard.dev annotation on the pod. Each
 // error names the annotation, what is wrong and what to write instead.
 func parseOptions(ann map[string]string, cfg Config) (options, error) {
-	o := options{native: true, image: cfg.Image, proxyPort: DefaultProxyPort, opsPort: DefaultOpsPort}
+	o := options{native: true, image: cfg.Image}
 
 	o.credential = ann[AnnotationInjectKey]
 	if errs := validation.IsDNS1123Subdomain(o.credential); len(errs) > 0 || len(o.credential) > 63 {
@@ -118,17 +119,28 @@ func parseOptions(ann map[string]string, cfg Config) (options, error) {
 	}
 
 	var err error
-	if o.proxyPort, err = portAnnotation(ann, AnnotationProxyPort, DefaultProxyPort); err != nil {
+	if o.proxyPort, err = portAnnotation(ann, AnnotationProxyPort, cfg.defaultProxyPort()); err != nil {
 		return o, err
 	}
-	if o.opsPort, err = portAnnotation(ann, AnnotationOpsPort, DefaultOpsPort); err != nil {
+	if o.opsPort, err = portAnnotation(ann, AnnotationOpsPort, cfg.defaultOpsPort()); err != nil {
 		return o, err
 	}
 	if o.proxyPort == o.opsPort {
-		return o, denyf("annotations %s and %s both use port %d: give the app API and the ops listener different ports", AnnotationProxyPort, AnnotationOpsPort, o.proxyPort)
+		_, setProxy := ann[AnnotationProxyPort]
+		_, setOps := ann[AnnotationOpsPort]
+		if setProxy && setOps {
+			return o, denyf("annotations %s and %s both use port %d: give the app API and the ops listener different ports", AnnotationProxyPort, AnnotationOpsPort, o.proxyPort)
+		}
+		// One annotation landed on the manager's default for the other port.
+		set := AnnotationProxyPort
+		if setOps {
+			set = AnnotationOpsPort
+		}
+		return o, denyf("annotation %s=%q is the port the sidecar's other listener already uses by default: choose another port, or set both %s and %s",
+			set, ann[set], AnnotationProxyPort, AnnotationOpsPort)
 	}
 
-	if o.resources, err = parseResources(ann); err != nil {
+	if o.resources, err = parseResources(ann, cfg.defaultResources()); err != nil {
 		return o, err
 	}
 	return o, nil
@@ -146,16 +158,9 @@ func portAnnotation(ann map[string]string, key string, def int32) (int32, error)
 	return int32(n), nil
 }
 
-func parseResources(ann map[string]string) (corev1.ResourceRequirements, error) {
-	r := corev1.ResourceRequirements{
-		Requests: corev1.ResourceList{
-			corev1.ResourceCPU:    resource.MustParse(DefaultCPURequest),
-			corev1.ResourceMemory: resource.MustParse(DefaultMemoryRequest),
-		},
-		Limits: corev1.ResourceList{
-			corev1.ResourceMemory: resource.MustParse(DefaultMemoryLimit),
-		},
-	}
+// parseResources applies the resource annotations to r, the manager's
+// defaults (a copy with non-nil lists, changed in place).
+func parseResources(ann map[string]string, r corev1.ResourceRequirements) (corev1.ResourceRequirements, error) {
 	for _, f := range []struct {
 		key  string
 		list corev1.ResourceList
@@ -187,6 +192,13 @@ func parseResources(ann map[string]string) (corev1.ResourceRequirements, error) 
 		if hasReq && hasLim && req.Cmp(lim) > 0 {
 			return r, denyf("sidecar %s request %s is above its limit %s: raise falguard.dev/sidecar-%s-limit or lower falguard.dev/sidecar-%s-request", name, req.String(), lim.String(), name, name)
 		}
+	}
+	// Empty lists render as `resources: {}`, as a pod that set none would.
+	if len(r.Requests) == 0 {
+		r.Requests = nil
+	}
+	if len(r.Limits) == 0 {
+		r.Limits = nil
 	}
 	return r, nil
 }

@@ -17,6 +17,11 @@
 //	falguard.dev/proxy-port                  app API on 127.0.0.1 [4750]
 //	falguard.dev/ops-port                    probes and metrics [4751]
 //
+// The resource and port defaults in brackets are the built-in ones; the
+// manager's --sidecar-{cpu,memory}-{request,limit}, --sidecar-proxy-port and
+// --sidecar-ops-port (Config.Resources, ProxyPort, OpsPort) replace them
+// cluster-wide, and the annotations still win per pod.
+//
 // Legacy layout (native-sidecar "false", clusters before Kubernetes 1.29):
 // the sidecar is the last regular container and nothing stops it when the
 // app exits, so a Job's main container must end with
@@ -29,9 +34,11 @@
 package inject
 
 import (
+	"fmt"
 	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
@@ -75,6 +82,93 @@ type Config struct {
 	PullPolicy corev1.PullPolicy
 	// Env is added to every sidecar's env (e.g. proxies, upstream overrides).
 	Env []corev1.EnvVar
+	// Resources are the sidecar's cluster-wide default requests and limits;
+	// each falguard.dev/sidecar-{cpu,memory}-{request,limit} annotation
+	// overrides its entry. nil means DefaultResources().
+	Resources *corev1.ResourceRequirements
+	// ProxyPort and OpsPort are the default ports (falguard.dev/proxy-port and
+	// falguard.dev/ops-port override them); 0 means DefaultProxyPort and
+	// DefaultOpsPort.
+	ProxyPort, OpsPort int32
+}
+
+// DefaultResources are the sidecar's resources when neither the manager nor
+// the pod says otherwise: 10m CPU and 16Mi memory requested, 64Mi memory limit.
+func DefaultResources() corev1.ResourceRequirements {
+	return corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{
+			corev1.ResourceCPU:    resource.MustParse(DefaultCPURequest),
+			corev1.ResourceMemory: resource.MustParse(DefaultMemoryRequest),
+		},
+		Limits: corev1.ResourceList{
+			corev1.ResourceMemory: resource.MustParse(DefaultMemoryLimit),
+		},
+	}
+}
+
+// defaultResources returns a copy the caller may change, with non-nil lists.
+func (c Config) defaultResources() corev1.ResourceRequirements {
+	r := DefaultResources()
+	if c.Resources != nil {
+		r = *c.Resources.DeepCopy()
+	}
+	if r.Requests == nil {
+		r.Requests = corev1.ResourceList{}
+	}
+	if r.Limits == nil {
+		r.Limits = corev1.ResourceList{}
+	}
+	return r
+}
+
+func (c Config) defaultProxyPort() int32 {
+	if c.ProxyPort == 0 {
+		return DefaultProxyPort
+	}
+	return c.ProxyPort
+}
+
+func (c Config) defaultOpsPort() int32 {
+	if c.OpsPort == 0 {
+		return DefaultOpsPort
+	}
+	return c.OpsPort
+}
+
+// Validate applies the annotations' checks to the manager-wide defaults, once
+// at start-up, so a bad default stops the manager instead of denying every
+// pod. Errors name the manager flag that sets the value.
+func (c Config) Validate() error {
+	r := c.defaultResources()
+	for _, list := range []struct {
+		what string
+		l    corev1.ResourceList
+	}{{"request", r.Requests}, {"limit", r.Limits}} {
+		for name, q := range list.l {
+			if q.Sign() < 0 {
+				return fmt.Errorf("--sidecar-%s-%s=%s is negative: set a quantity such as 50m or 32Mi, or \"0\" for none", name, list.what, q.String())
+			}
+		}
+	}
+	for _, name := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+		req, hasReq := r.Requests[name]
+		lim, hasLim := r.Limits[name]
+		if hasReq && hasLim && req.Cmp(lim) > 0 {
+			return fmt.Errorf("--sidecar-%s-request=%s is above --sidecar-%s-limit=%s: raise the limit or lower the request", name, req.String(), name, lim.String())
+		}
+	}
+	for _, p := range []struct {
+		flag string
+		port int32
+	}{{"--sidecar-proxy-port", c.ProxyPort}, {"--sidecar-ops-port", c.OpsPort}} {
+		if p.port != 0 && (p.port < minPort || p.port > 65535) {
+			return fmt.Errorf("%s=%d is not a usable port: set a number from %d to 65535 (the sidecar runs without the capability to bind lower ports)", p.flag, p.port, minPort)
+		}
+	}
+	if c.defaultProxyPort() == c.defaultOpsPort() {
+		return fmt.Errorf("--sidecar-proxy-port and --sidecar-ops-port both give port %d: give the app API and the ops listener different ports", c.defaultProxyPort())
+	}
+	return nil
 }
 
 // Credential is what the webhook found about the FalCredential a pod names.

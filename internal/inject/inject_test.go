@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/yaml"
 )
 
@@ -42,6 +43,10 @@ var goldenCases = []struct {
 			{Name: "FALGUARD_LOG_LEVEL", Value: "warn"},
 		}
 	}},
+	{name: "manager-defaults", why: "--sidecar-{cpu,memory}-{request,limit} and --sidecar-{proxy,ops}-port replace the built-in defaults; the app's port 4750 no longer clashes", cfg: managerDefaults},
+	{name: "manager-defaults-annotation-override", why: "annotations still win over the manager's defaults, one by one", cfg: managerDefaults},
+	{name: "deny-request-above-manager-limit", why: "an annotated request is checked against the manager's default limit", cfg: managerDefaults},
+	{name: "deny-port-on-manager-default", why: "an annotated port may not land on the manager's default for the other listener", cfg: managerDefaults},
 	{name: "deny-unknown-credential"},
 	{name: "deny-hostnetwork"},
 	{name: "deny-shareprocessnamespace"},
@@ -60,6 +65,21 @@ var goldenCases = []struct {
 	{name: "deny-same-ports"},
 	{name: "deny-bad-log-level"},
 	{name: "deny-unknown-sidecar-annotation"},
+}
+
+// managerDefaults is a platform team's cluster-wide sidecar defaults.
+func managerDefaults(c *Config) {
+	c.Resources = &corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{
+			corev1.ResourceCPU:    resource.MustParse("50m"),
+			corev1.ResourceMemory: resource.MustParse("32Mi"),
+		},
+		Limits: corev1.ResourceList{
+			corev1.ResourceCPU:    resource.MustParse("500m"),
+			corev1.ResourceMemory: resource.MustParse("128Mi"),
+		},
+	}
+	c.ProxyPort, c.OpsPort = 5750, 5751
 }
 
 var existingCredentials = map[string]bool{"realtime": true, "batch": true}
@@ -123,6 +143,44 @@ func TestGoldenFilesAreAllUsed(t *testing.T) {
 		if n := strings.TrimSuffix(filepath.Base(f), ".in.yaml"); !known[n] {
 			t.Errorf("%s is not listed in goldenCases", f)
 		}
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	q := resource.MustParse
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want string // substring of the error; "" means valid
+	}{
+		{name: "zero value is the built-in defaults", cfg: Config{}},
+		{name: "platform defaults", cfg: func() Config { c := Config{}; managerDefaults(&c); return c }()},
+		{name: "no resources at all", cfg: Config{Resources: &corev1.ResourceRequirements{}}},
+		{name: "swapped default ports", cfg: Config{ProxyPort: 4751, OpsPort: 4750}},
+		{name: "cpu request above limit",
+			cfg:  Config{Resources: &corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: q("2")}, Limits: corev1.ResourceList{corev1.ResourceCPU: q("1")}}},
+			want: "--sidecar-cpu-request=2 is above --sidecar-cpu-limit=1"},
+		{name: "memory request above the built-in limit's replacement",
+			cfg:  Config{Resources: &corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceMemory: q("1Gi")}, Limits: corev1.ResourceList{corev1.ResourceMemory: q("64Mi")}}},
+			want: "--sidecar-memory-request=1Gi is above --sidecar-memory-limit=64Mi"},
+		{name: "negative quantity",
+			cfg:  Config{Resources: &corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: q("-1Mi")}}},
+			want: "--sidecar-memory-limit=-1Mi is negative"},
+		{name: "privileged proxy port", cfg: Config{ProxyPort: 80}, want: "--sidecar-proxy-port=80 is not a usable port"},
+		{name: "ops port too high", cfg: Config{OpsPort: 70000}, want: "--sidecar-ops-port=70000 is not a usable port"},
+		{name: "ops port on the default proxy port", cfg: Config{OpsPort: DefaultProxyPort}, want: "--sidecar-proxy-port and --sidecar-ops-port both give port 4750"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.cfg.Validate()
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("want valid, got %v", err)
+			case tc.want != "" && err == nil:
+				t.Fatalf("want an error saying %q, got none", tc.want)
+			case tc.want != "" && !strings.Contains(err.Error(), tc.want):
+				t.Fatalf("error %q does not say %q", err, tc.want)
+			}
+		})
 	}
 }
 

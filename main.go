@@ -48,6 +48,27 @@ func (o overrides) Set(v string) error {
 	return nil
 }
 
+// sidecarDefaults adds the resource and port flags to cfg and validates the
+// result as the webhook would an annotated pod, so a bad default stops the
+// manager at start instead of denying every pod.
+func sidecarDefaults(cfg inject.Config, res podwebhook.ResourceFlags, proxyPort, opsPort int) (inject.Config, error) {
+	r, err := res.Resources()
+	if err != nil {
+		return cfg, fmt.Errorf("sidecar resources: %w", err)
+	}
+	cfg.Resources = r
+	if cfg.ProxyPort, err = podwebhook.ParsePort("sidecar-proxy-port", proxyPort); err != nil {
+		return cfg, fmt.Errorf("sidecar ports: %w", err)
+	}
+	if cfg.OpsPort, err = podwebhook.ParsePort("sidecar-ops-port", opsPort); err != nil {
+		return cfg, fmt.Errorf("sidecar ports: %w", err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, fmt.Errorf("sidecar defaults: %w", err)
+	}
+	return cfg, nil
+}
+
 func main() {
 	var (
 		metricsAddr, probeAddr        string
@@ -79,12 +100,36 @@ func main() {
 	flag.StringVar(&webhookCertHosts, "webhook-cert-hosts", "", "extra names or IPs in the self-managed serving certificate, comma-separated (e.g. 127.0.0.1,localhost for a URL clientConfig)")
 	flag.Var(&sidecarEnv, "sidecar-env", "NAME=VALUE added to the env of every injected sidecar (repeatable), e.g. HTTPS_PROXY=http://proxy:3128")
 	flag.StringVar(&sidecarPullPolicy, "sidecar-image-pull-policy", "", "imagePullPolicy of the injected sidecar: Always, IfNotPresent or Never (default: the cluster's)")
+	// Cluster-wide defaults of the sidecar's resources and ports; the pod
+	// annotations (falguard.dev/sidecar-cpu-request, proxy-port, ...) still win.
+	var sidecarRes podwebhook.ResourceFlags
+	var sidecarProxyPort, sidecarOpsPort int
+	flag.StringVar(&sidecarRes.CPURequest, "sidecar-cpu-request", inject.DefaultCPURequest, `default CPU request of the injected sidecar; "0" or empty for none`)
+	flag.StringVar(&sidecarRes.CPULimit, "sidecar-cpu-limit", "", `default CPU limit of the injected sidecar; "0" or empty for none`)
+	flag.StringVar(&sidecarRes.MemoryRequest, "sidecar-memory-request", inject.DefaultMemoryRequest, `default memory request of the injected sidecar; "0" or empty for none`)
+	flag.StringVar(&sidecarRes.MemoryLimit, "sidecar-memory-limit", inject.DefaultMemoryLimit, `default memory limit of the injected sidecar; "0" or empty for none`)
+	flag.IntVar(&sidecarProxyPort, "sidecar-proxy-port", inject.DefaultProxyPort, "default port of the sidecar's app API on 127.0.0.1 (1024-65535)")
+	flag.IntVar(&sidecarOpsPort, "sidecar-ops-port", inject.DefaultOpsPort, "default port of the sidecar's probes and metrics listener (1024-65535)")
 	flag.Var(falOverrides, "fal-upstream-override", "canonical=replacement base URL for a fal host (repeatable), e.g. https://api.fal.ai=https://127.0.0.1:9443")
 	flag.StringVar(&falCAFile, "fal-ca-file", "", "extra CA bundle trusted for fal's TLS (tests, egress proxies)")
 	opts := zap.Options{Development: false}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
+
+	// Sidecar flags are checked before connecting to the cluster, so a typo
+	// fails fast with a message naming the flag.
+	pullPolicy, err := podwebhook.ParsePullPolicy(sidecarPullPolicy)
+	if err != nil {
+		setupLog.Error(err, "invalid flag")
+		os.Exit(1)
+	}
+	injectCfg, err := sidecarDefaults(inject.Config{Image: sidecarImage, PullPolicy: pullPolicy, Env: sidecarEnv},
+		sidecarRes, sidecarProxyPort, sidecarOpsPort)
+	if err != nil {
+		setupLog.Error(err, "invalid flag")
+		os.Exit(1)
+	}
 
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
 		Scheme:                  scheme,
@@ -121,11 +166,6 @@ func main() {
 	if webhookNS == "" {
 		webhookNS = "falguard-system"
 	}
-	pullPolicy, err := podwebhook.ParsePullPolicy(sidecarPullPolicy)
-	if err != nil {
-		setupLog.Error(err, "invalid flag")
-		os.Exit(1)
-	}
 	if _, err := podwebhook.Setup(mgr, podwebhook.Options{
 		Host:              webhookHost,
 		Port:              webhookPort,
@@ -135,7 +175,7 @@ func main() {
 		ServiceName:       webhookServiceName,
 		WebhookConfigName: webhookConfig,
 		CertHosts:         podwebhook.SplitHosts(webhookCertHosts),
-		Inject:            inject.Config{Image: sidecarImage, PullPolicy: pullPolicy, Env: sidecarEnv},
+		Inject:            injectCfg,
 	}); err != nil {
 		setupLog.Error(err, "unable to set up the pod webhook")
 		os.Exit(1)

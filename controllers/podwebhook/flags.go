@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
 )
 
@@ -57,4 +58,48 @@ func SplitHosts(s string) []string {
 		}
 	}
 	return out
+}
+
+// ResourceFlags are the --sidecar-{cpu,memory}-{request,limit} values, with
+// the annotations' meaning: a quantity, or "0" (or empty) for none.
+type ResourceFlags struct {
+	CPURequest, CPULimit, MemoryRequest, MemoryLimit string
+}
+
+// Resources parses the flags into the sidecar's default resources. Whether a
+// request fits under its limit is inject.Config.Validate's check.
+func (f ResourceFlags) Resources() (*corev1.ResourceRequirements, error) {
+	r := &corev1.ResourceRequirements{Requests: corev1.ResourceList{}, Limits: corev1.ResourceList{}}
+	for _, v := range []struct {
+		flag, value string
+		list        corev1.ResourceList
+		name        corev1.ResourceName
+		eg          string
+	}{
+		{"--sidecar-cpu-request", f.CPURequest, r.Requests, corev1.ResourceCPU, "50m"},
+		{"--sidecar-cpu-limit", f.CPULimit, r.Limits, corev1.ResourceCPU, "500m"},
+		{"--sidecar-memory-request", f.MemoryRequest, r.Requests, corev1.ResourceMemory, "32Mi"},
+		{"--sidecar-memory-limit", f.MemoryLimit, r.Limits, corev1.ResourceMemory, "128Mi"},
+	} {
+		if strings.TrimSpace(v.value) == "" {
+			continue
+		}
+		q, err := resource.ParseQuantity(strings.TrimSpace(v.value))
+		if err != nil || q.Sign() < 0 {
+			return nil, fmt.Errorf("%s=%q is not a resource quantity: set a quantity such as %q, or \"0\" for none", v.flag, v.value, v.eg)
+		}
+		if !q.IsZero() {
+			v.list[v.name] = q
+		}
+	}
+	return r, nil
+}
+
+// ParsePort checks a --sidecar-*-port value before it is narrowed to int32,
+// where an out-of-range number could wrap into a valid-looking port.
+func ParsePort(flagName string, v int) (int32, error) {
+	if v < 1024 || v > 65535 {
+		return 0, fmt.Errorf("--%s=%d is not a usable port: set a number from 1024 to 65535 (the sidecar runs without the capability to bind lower ports)", flagName, v)
+	}
+	return int32(v), nil
 }

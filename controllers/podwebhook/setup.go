@@ -54,6 +54,10 @@ func Setup(mgr ctrl.Manager, o Options) (*Result, error) {
 	if o.Inject.Image == "" {
 		return nil, errors.New("podwebhook: the sidecar image is required (--sidecar-image)")
 	}
+	// A bad default would deny every pod; refuse it once, at start-up.
+	if err := o.Inject.Validate(); err != nil {
+		return nil, fmt.Errorf("podwebhook: sidecar defaults: %w", err)
+	}
 	res := &Result{}
 	tlsOpts := []func(*tls.Config){func(c *tls.Config) {
 		// HTTP/1.1 only: avoids HTTP/2 rapid-reset exposure, as kubebuilder does.

@@ -73,11 +73,32 @@ every injected pod.
 {{- range $name, $value := .Values.sidecar.env }}
 - --sidecar-env={{ $name }}={{ $value }}
 {{- end }}
+{{- with .Values.sidecar.resources }}
+- --sidecar-cpu-request={{ include "falguard.quantity" .requests.cpu }}
+- --sidecar-cpu-limit={{ include "falguard.quantity" .limits.cpu }}
+- --sidecar-memory-request={{ include "falguard.quantity" .requests.memory }}
+- --sidecar-memory-limit={{ include "falguard.quantity" .limits.memory }}
+{{- end }}
+- --sidecar-proxy-port={{ int .Values.sidecar.ports.proxy }}
+- --sidecar-ops-port={{ int .Values.sidecar.ports.ops }}
+{{- end -}}
+
+{{/* A resource quantity for a manager flag: empty (or unset) becomes "0",
+which the manager reads as "none", so both install paths pass the same. */}}
+{{- define "falguard.quantity" -}}
+{{- if or (kindIs "invalid" .) (eq (toString .) "") -}}
+0
+{{- else -}}
+{{- . -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Fails rendering with a message when values contradict each other. */}}
 {{- define "falguard.validate" -}}
 {{- if or (eq (int .Values.webhook.port) (int .Values.metrics.port)) (eq (int .Values.webhook.port) 8081) (eq (int .Values.metrics.port) 8081) -}}
 {{- fail (printf "webhook.port (%v) and metrics.port (%v) must differ from each other and from the health port 8081" .Values.webhook.port .Values.metrics.port) -}}
+{{- end -}}
+{{- if eq (int .Values.sidecar.ports.proxy) (int .Values.sidecar.ports.ops) -}}
+{{- fail (printf "sidecar.ports.proxy and sidecar.ports.ops are both %v: give the sidecar's app API and its ops listener different ports" .Values.sidecar.ports.proxy) -}}
 {{- end -}}
 {{- end -}}

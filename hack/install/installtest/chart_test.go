@@ -40,6 +40,12 @@ var allToggles = []string{
 	"--set-json", `sidecar.env={"FALGUARD_LOG_LEVEL":"debug"}`,
 	"--set", "sidecar.image.digest=sha256:" + strings.Repeat("ab", 32),
 	"--set", "image.tag=v9.9.9",
+	"--set", "sidecar.resources.requests.cpu=50m",
+	"--set", "sidecar.resources.limits.cpu=1",
+	"--set", "sidecar.resources.requests.memory=32Mi",
+	"--set", "sidecar.resources.limits.memory=",
+	"--set", "sidecar.ports.proxy=5750",
+	"--set", "sidecar.ports.ops=5751",
 }
 
 func TestHelmLint(t *testing.T) {
@@ -100,6 +106,12 @@ func TestTemplateEveryToggle(t *testing.T) {
 		replicas: 3, selfManagedCerts: false,
 		webhookConfigName: "falguard-mutating-webhook", webhookServiceName: "falguard-webhook-service",
 		sidecarImage: "ghcr.io/falguard/falguard-sidecar@sha256:abab",
+		// An empty memory limit is passed as "0": none, not the built-in 64Mi.
+		sidecarDefaults: map[string]string{
+			"--sidecar-cpu-request": "50m", "--sidecar-cpu-limit": "1",
+			"--sidecar-memory-request": "32Mi", "--sidecar-memory-limit": "0",
+			"--sidecar-proxy-port": "5750", "--sidecar-ops-port": "5751",
+		},
 	})
 	pod := d.Spec.Template.Spec
 	if pod.PriorityClassName != "system-cluster-critical" {
@@ -248,7 +260,12 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"webhook timeout too long", []string{"--set", "webhook.timeoutSeconds=31"}, "at '/webhook/timeoutSeconds': maximum: got 31, want 30", false},
 		{"port out of range", []string{"--set", "webhook.port=70000"}, "at '/webhook/port': maximum", false},
 		{"webhook and metrics ports clash", []string{"--set", "metrics.port=9443"}, "must differ from each other and from the health port 8081", templateOnly},
-		{"sidecar resources are not chart values", []string{"--set", "sidecar.resources.requests.cpu=1"}, "additional properties 'resources' not allowed", false},
+		{"bad sidecar cpu quantity", []string{"--set", "sidecar.resources.requests.cpu=lots"}, "at '/sidecar/resources/requests/cpu': 'lots' does not match pattern", false},
+		{"negative sidecar memory limit", []string{"--set", "sidecar.resources.limits.memory=-1"}, "at '/sidecar/resources/limits/memory': minimum: got -1, want 0", false},
+		{"sidecar resources typo", []string{"--set", "sidecar.resources.request.cpu=1"}, "additional properties 'request' not allowed", false},
+		{"privileged sidecar port", []string{"--set", "sidecar.ports.proxy=80"}, "at '/sidecar/ports/proxy': minimum: got 80, want 1,024", false},
+		{"sidecar port out of range", []string{"--set", "sidecar.ports.ops=70000"}, "at '/sidecar/ports/ops': maximum", false},
+		{"sidecar ports clash", []string{"--set", "sidecar.ports.ops=4750"}, "sidecar.ports.proxy and sidecar.ports.ops are both 4750", templateOnly},
 		{"bad env name", []string{"--set", "sidecar.env.1BAD=x"}, "'1BAD' does not match pattern", false},
 		{"bad log level", []string{"--set", "logLevel=verbose"}, "at '/logLevel': value must be one of 'debug', 'info', 'error'", false},
 		{"bad cpu quantity", []string{"--set", "resources.requests.cpu=lots"}, "at '/resources/requests/cpu'", false},

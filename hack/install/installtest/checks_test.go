@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/falguard/falguard/controllers/podwebhook"
+	"github.com/falguard/falguard/internal/inject"
 )
 
 // deploymentWant is what an install must produce for the manager.
@@ -24,6 +25,20 @@ type deploymentWant struct {
 	webhookConfigName  string
 	webhookServiceName string
 	sidecarImage       string // prefix, e.g. "ghcr.io/falguard/falguard-sidecar:"
+	// sidecarDefaults are the resource and port flags; nil means the
+	// built-in defaults of internal/inject, which both paths ship.
+	sidecarDefaults map[string]string
+}
+
+// builtInSidecarDefaults are the sidecar flags that change nothing: the
+// manager's built-in defaults, as the chart's default values pass them.
+var builtInSidecarDefaults = map[string]string{
+	"--sidecar-cpu-request":    inject.DefaultCPURequest,
+	"--sidecar-cpu-limit":      "0",
+	"--sidecar-memory-request": inject.DefaultMemoryRequest,
+	"--sidecar-memory-limit":   inject.DefaultMemoryLimit,
+	"--sidecar-proxy-port":     fmt.Sprint(inject.DefaultProxyPort),
+	"--sidecar-ops-port":       fmt.Sprint(inject.DefaultOpsPort),
 }
 
 // checkDeployment asserts the manager Deployment's security settings, flags,
@@ -88,6 +103,13 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment, want deploymentWant) {
 		"--webhook-config-name":       want.webhookConfigName,
 		"--webhook-service-name":      want.webhookServiceName,
 		"--self-managed-certs":        map[bool]string{true: "true", false: "false"}[want.selfManagedCerts],
+	}
+	sidecar := want.sidecarDefaults
+	if sidecar == nil {
+		sidecar = builtInSidecarDefaults
+	}
+	for k, v := range sidecar {
+		wantArgs[k] = v
 	}
 	for k, v := range wantArgs {
 		got, ok := args[k]

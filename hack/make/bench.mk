@@ -13,9 +13,13 @@ BENCH_SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: bench-deps
 bench-deps: $(BENCH_OFFICIAL_DIR)/node_modules/.package-lock.json
+	@# policy-rc.d (101 = "do not start") keeps the package from starting a system
+	@# nginx on :80 during the install; the bench runs its own on loopback only.
 	@command -v nginx >/dev/null 2>&1 || { echo "bench: installing nginx (Debian package)"; \
-		$(BENCH_SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(BENCH_SUDO) apt-get install -y -qq nginx >/dev/null; }
-	@# Installing the package may start a system nginx on :80; the bench runs its own and needs none.
+		rc=/usr/sbin/policy-rc.d; made=; \
+		if [ ! -e $$rc ]; then printf '#!/bin/sh\nexit 101\n' | $(BENCH_SUDO) tee $$rc >/dev/null && $(BENCH_SUDO) chmod +x $$rc && made=1; fi; \
+		$(BENCH_SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(BENCH_SUDO) apt-get install -y -qq nginx >/dev/null; st=$$?; \
+		[ -z "$$made" ] || $(BENCH_SUDO) rm -f $$rc; exit $$st; }
 	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BENCH_SIDECAR) ./sidecar/cmd/falguard-sidecar
 	go build -o $(BENCH_BIN) ./hack/bench
 

@@ -9,6 +9,7 @@ E2E_FLAGS ?=
 .PHONY: demo
 demo: ## Bring falguard up end to end on 127.0.0.1 and show a key rotation under load; DEMO_EXIT=1 exits after the summary.
 	@mkdir -p $(LOCALBIN)
+	@echo ">> building the demo harness (the first build on a machine compiles for a few minutes; later ones take seconds)"
 	@go build -o $(LOCALBIN)/falguard-demo ./hack/demo/cmd/demo
 	@$(LOCALBIN)/falguard-demo $(DEMO_FLAGS)
 

@@ -51,14 +51,10 @@ func (h *Handler) serveProxiedToken(w http.ResponseWriter, r *http.Request, snap
 			fmt.Sprintf("app alias %s is not in this credential's allowedApps: add it to the FalCredential", quoteASCII(alias)))
 		return
 	}
-	h.Metrics.AppRequests.WithLabelValues(app).Inc()
-	tok, ok := h.token(r.Context(), w, snap, alias)
+	tok, ok := h.tokenFor(r.Context(), w, snap, alias, app)
 	if !ok {
-		h.Metrics.AppErrors.WithLabelValues(app).Inc()
 		return
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
 	b, _ := json.Marshal(tok.Value)
 	_, _ = w.Write(b)
 }
@@ -93,15 +89,26 @@ func (h *Handler) ServeToken(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("app %s is not in this credential's allowedApps: add it to the FalCredential", quoteASCII(id)))
 		return
 	}
+	tok, ok := h.tokenFor(r.Context(), w, snap, alias, app)
+	if !ok {
+		return
+	}
+	_ = json.NewEncoder(w).Encode(TokenResponse{Token: tok.Value, ExpiresAt: tok.Expires.UTC().Format(time.RFC3339), App: id})
+}
+
+// tokenFor counts a token request against the allowlist pattern app and gets
+// the token; on success the JSON response headers are set, on failure the
+// error is already written.
+func (h *Handler) tokenFor(ctx context.Context, w http.ResponseWriter, snap *credentials.Snapshot, alias, app string) (tokencache.Token, bool) {
 	h.Metrics.AppRequests.WithLabelValues(app).Inc()
-	tok, ok := h.token(r.Context(), w, snap, alias)
+	tok, ok := h.token(ctx, w, snap, alias)
 	if !ok {
 		h.Metrics.AppErrors.WithLabelValues(app).Inc()
-		return
+		return tok, false
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
-	_ = json.NewEncoder(w).Encode(TokenResponse{Token: tok.Value, ExpiresAt: tok.Expires.UTC().Format(time.RFC3339), App: id})
+	return tok, true
 }
 
 // token gets a token from the cache or writes the error the app can act on.

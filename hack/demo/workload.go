@@ -145,6 +145,39 @@ func (p *AppPod) SidecarMetrics(ctx context.Context) (string, error) {
 	return getText(ctx, p.OpsURL()+"/metrics")
 }
 
+// ContainerEnv is the environment the emulated kubelet started the named
+// container with: its env from the pod as the API server stored it (after
+// admission), resolved and rewritten for this machine the way the kubelet
+// emulator rewrites argv (mount paths, listen addresses), plus PATH and HOME.
+// With names, only those variables are returned, in that order; a name the
+// container lacks is an error, so a caller cannot run with a partial env.
+func (p *AppPod) ContainerEnv(container string, names ...string) ([]string, error) {
+	if p.Running == nil {
+		return nil, fmt.Errorf("pod %s is not running", p.Created.Name)
+	}
+	ct := p.Running.Container(container)
+	if ct == nil {
+		return nil, fmt.Errorf("pod %s has no running container %s", p.Running.Pod.Name, container)
+	}
+	if len(names) == 0 {
+		return append([]string(nil), ct.Env...), nil
+	}
+	vals := map[string]string{}
+	for _, kv := range ct.Env {
+		k, v, _ := strings.Cut(kv, "=")
+		vals[k] = v
+	}
+	out := make([]string, 0, len(names))
+	for _, n := range names {
+		v, ok := vals[n]
+		if !ok {
+			return nil, fmt.Errorf("container %s of pod %s was started without %s in its env", container, p.Running.Pod.Name, n)
+		}
+		out = append(out, n+"="+v)
+	}
+	return out, nil
+}
+
 // CredentialsDir is where the emulated kubelet projects the managed Secret.
 func (p *AppPod) CredentialsDir() string { return p.Running.VolumeDirs["falguard-credentials"] }
 

@@ -85,6 +85,7 @@ func TestEndToEnd(t *testing.T) {
 		{"credential becomes Ready with the user's key", s.credentialReady},
 		{"webhook refuses pods it must not inject", s.webhookDenials},
 		{"injection as stored by the API server, sidecar ready", s.injection},
+		{"examples/ run with the app container's env against its sidecar", s.examples},
 		{"proxy, queue, stream, token and relay through the official client", s.clientFlows},
 		{"source Secret change reaches the running sidecar", s.sourceSecretChange},
 		{"a crashed sidecar is restarted and serves the current key", s.sidecarRestart},

@@ -4,11 +4,11 @@
 # every alert's runbook_url must point at a section of docs/platform-teams.md,
 # and the docs must explain every sidecar error code and controller reason
 # (hack/observability; helm renders the chart when bin/helm-* exists).
-EXAMPLES_NODE_DIR := examples/node
+# The Node examples' packages are installed by the stamp rule in demo.mk
+# (shared with `make e2e`), so npm ci runs only when the lock file changed.
 
 .PHONY: test-docs
-test-docs: helm ## Run the examples against the sidecar and fakefal, and check the dashboard and alerts against the exported metrics.
-	cd $(EXAMPLES_NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+test-docs: helm examples/node/node_modules/.package-lock.json ## Run the examples against the sidecar and fakefal, and check the dashboard and alerts against the exported metrics.
 	HELM=$(HELM) go test -count=1 -timeout 5m ./hack/observability/
 	go test -count=1 -timeout 5m -tags examples ./examples/
 

@@ -80,15 +80,7 @@ func (s *Server) serveQueue(w http.ResponseWriter, r *http.Request) {
 		writeDetail(w, http.StatusMethodNotAllowed, "Method Not Allowed: submit with POST")
 		return
 	}
-	auth, ok := s.authenticate(w, r, HostQueue, true)
-	if !ok {
-		return
-	}
-	if auth.jwt != nil && !slices.Contains(auth.jwt.AllowedApps, app.alias) {
-		writeDetail(w, http.StatusForbidden, "token does not allow app "+app.alias)
-		return
-	}
-	input, ok := readInput(w, r)
+	auth, input, ok := s.appInput(w, r, HostQueue, app)
 	if !ok {
 		return
 	}

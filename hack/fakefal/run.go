@@ -50,15 +50,7 @@ func (s *Server) serveRun(w http.ResponseWriter, r *http.Request) {
 		s.serveRealtime(w, r, app)
 		return
 	}
-	auth, ok := s.authenticate(w, r, HostRun, true)
-	if !ok {
-		return
-	}
-	if auth.jwt != nil && !slices.Contains(auth.jwt.AllowedApps, app.alias) {
-		writeDetail(w, http.StatusForbidden, "token does not allow app "+app.alias)
-		return
-	}
-	input, ok := readInput(w, r)
+	_, input, ok := s.appInput(w, r, HostRun, app)
 	if !ok {
 		return
 	}
@@ -72,6 +64,21 @@ func (s *Server) serveRun(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeOutput(w, input, reqID)
+}
+
+// appInput authenticates a model call (key or JWT for the app) and reads
+// its JSON input; on failure the answer is already written.
+func (s *Server) appInput(w http.ResponseWriter, r *http.Request, host string, app appRef) (authResult, map[string]any, bool) {
+	auth, ok := s.authenticate(w, r, host, true)
+	if !ok {
+		return auth, nil, false
+	}
+	if auth.jwt != nil && !slices.Contains(auth.jwt.AllowedApps, app.alias) {
+		writeDetail(w, http.StatusForbidden, "token does not allow app "+app.alias)
+		return auth, nil, false
+	}
+	input, ok := readInput(w, r)
+	return auth, input, ok
 }
 
 // readInput decodes the JSON body (POST/PUT) or the query (GET) as an object.

@@ -239,42 +239,60 @@ func ReadOCIArchive(path string) (v1.Image, error) {
 }
 
 // ExtractFile returns the content of the file at path (absolute, as in the
-// running container) from the image's layers.
+// running container) from the image's layers; a later layer wins.
 func ExtractFile(img v1.Image, path string) ([]byte, error) {
-	layers, err := img.Layers()
-	if err != nil {
-		return nil, err
-	}
 	want := strings.TrimPrefix(path, "/")
 	var found []byte
-	for _, l := range layers {
-		rc, err := l.Uncompressed()
-		if err != nil {
-			return nil, err
+	err := walkLayers(img, func(h *tar.Header, r io.Reader) error {
+		if h.Name != want || h.Typeflag != tar.TypeReg {
+			return nil
 		}
-		tr := tar.NewReader(rc)
-		for {
-			h, err := tr.Next()
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				rc.Close()
-				return nil, err
-			}
-			if h.Name == want && h.Typeflag == tar.TypeReg {
-				if found, err = io.ReadAll(tr); err != nil {
-					rc.Close()
-					return nil, err
-				}
-			}
-		}
-		rc.Close()
+		var err error
+		found, err = io.ReadAll(r)
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
 	if found == nil {
 		return nil, fmt.Errorf("%s is not in the image", path)
 	}
 	return found, nil
+}
+
+// walkLayers calls fn for every tar entry of every layer, bottom layer first.
+func walkLayers(img v1.Image, fn func(h *tar.Header, r io.Reader) error) error {
+	layers, err := img.Layers()
+	if err != nil {
+		return err
+	}
+	for _, l := range layers {
+		if err := walkLayer(l, fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func walkLayer(l v1.Layer, fn func(h *tar.Header, r io.Reader) error) error {
+	rc, err := l.Uncompressed()
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := fn(h, tr); err != nil {
+			return err
+		}
+	}
 }
 
 // verifyFiles checks built archives for what the manifests rely on.
@@ -311,29 +329,12 @@ func Verify(img v1.Image) error {
 	if cf.OS != "linux" {
 		return fmt.Errorf("os %q, want linux", cf.OS)
 	}
-	layers, err := img.Layers()
-	if err != nil {
-		return err
-	}
 	seen := map[string]*tar.Header{}
-	for _, l := range layers {
-		rc, err := l.Uncompressed()
-		if err != nil {
-			return err
-		}
-		tr := tar.NewReader(rc)
-		for {
-			h, err := tr.Next()
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				rc.Close()
-				return err
-			}
-			seen["/"+strings.TrimSuffix(h.Name, "/")] = h
-		}
-		rc.Close()
+	if err := walkLayers(img, func(h *tar.Header, _ io.Reader) error {
+		seen["/"+strings.TrimSuffix(h.Name, "/")] = h
+		return nil
+	}); err != nil {
+		return err
 	}
 	entry := seen[cf.Config.Entrypoint[0]]
 	if entry == nil || entry.Mode&0o111 == 0 {
